@@ -1,0 +1,10 @@
+"""Denoising Diffusion Implicit Models as first-class Hugging Face diffusers components."""
+
+from .models.unet_continuous import ContinuousUNet2DModel
+from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
+from .schedulers.noise_schedule import signal_noise_rates
+from .schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
+
+__version__ = "0.1.0"
+
+__all__ = ["ContinuousUNet2DModel", "CosineDDIMPipeline", "CosineDDIMScheduler", "signal_noise_rates"]

@@ -1,0 +1,3 @@
+from .unet_continuous import ContinuousUNet2DModel
+
+__all__ = ["ContinuousUNet2DModel"]

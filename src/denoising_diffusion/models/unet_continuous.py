@@ -1,0 +1,155 @@
+"""A diffusers `UNet2DModel` conditioned on a continuous diffusion time t in [0, 1].
+
+As in the Keras DDIM example and its R port, the network sees the *noise variance*
+``sigma_t**2`` of its input through a sinusoidal embedding with log-spaced frequencies
+(1 to 1000 by default):
+
+    e(sigma^2) = [sin(2 pi f_k sigma^2), cos(2 pi f_k sigma^2)],  f_k log-spaced in [f_min, f_max]
+
+That embedding replaces `UNet2DModel`'s integer-timestep projection; everything else (residual
+blocks, the time-embedding MLP that feeds every block, attention, class embeddings) is diffusers'
+own. The output convolution starts at zero, so an untrained model predicts zeros (seeds).
+
+This module travels with saved pipelines, so it imports only torch, diffusers and its sibling
+``noise_schedule``.
+"""
+
+import math
+
+import torch
+from diffusers import UNet2DModel
+from diffusers.configuration_utils import FrozenDict, register_to_config
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from torch import nn
+
+from ..schedulers.noise_schedule import signal_noise_rates, validate_schedule
+
+# `UNet2DModel` options about integer timesteps that this model fixes (its time input is continuous).
+_FIXED_PARENT_OPTIONS = ("freq_shift", "flip_sin_to_cos", "num_train_timesteps")
+
+
+class SinusoidalNoiseVarianceEmbedding(nn.Module):
+    """Maps continuous times t, shape (B,), to sinusoidal embeddings of sigma_t**2, shape (B, dim)."""
+
+    def __init__(self, dim: int, schedule: str, min_signal_rate: float, max_signal_rate: float,
+                 min_frequency: float = 1.0, max_frequency: float = 1000.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"The noise embedding dimension must be even, got {dim}.")
+        self.schedule, self.min_signal_rate, self.max_signal_rate = schedule, min_signal_rate, max_signal_rate
+        frequencies = torch.exp(torch.linspace(math.log(min_frequency), math.log(max_frequency), dim // 2))
+        self.register_buffer("angular_speeds", 2.0 * math.pi * frequencies, persistent=False)
+
+    def noise_variance(self, t: torch.Tensor) -> torch.Tensor:
+        _, noise_rate = signal_noise_rates(t.float(), self.schedule, self.min_signal_rate, self.max_signal_rate)
+        return noise_rate**2
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = self.noise_variance(t)[:, None] * self.angular_speeds.float()[None, :]
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class ContinuousUNet2DModel(UNet2DModel):
+    """`UNet2DModel` whose `timestep` is a continuous diffusion time t in [0, 1].
+
+    Takes `UNet2DModel`'s arguments (defaults: the seeds' 64x64 RGB model, widths 32/64/96/128
+    with 2 residual blocks per level and no attention) plus the noise schedule the times refer
+    to, which must match the scheduler's, and the embedding's frequency range.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | tuple[int, int] | None = 64,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        center_input_sample: bool = False,
+        time_embedding_type: str = "positional",
+        time_embedding_dim: int | None = None,
+        down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D"),
+        mid_block_type: str | None = None,
+        up_block_types: tuple[str, ...] = ("UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        block_out_channels: tuple[int, ...] = (32, 64, 96, 128),
+        layers_per_block: int = 2,
+        mid_block_scale_factor: float = 1,
+        downsample_padding: int = 1,
+        downsample_type: str = "conv",
+        upsample_type: str = "conv",
+        dropout: float = 0.0,
+        act_fn: str = "silu",
+        attention_head_dim: int | None = 8,
+        norm_num_groups: int = 8,
+        attn_norm_num_groups: int | None = None,
+        norm_eps: float = 1e-5,
+        resnet_time_scale_shift: str = "default",
+        add_attention: bool = True,
+        class_embed_type: str | None = None,
+        num_class_embeds: int | None = None,
+        schedule: str = "cosine",
+        min_signal_rate: float = 0.02,
+        max_signal_rate: float = 0.95,
+        embedding_min_frequency: float = 1.0,
+        embedding_max_frequency: float = 1000.0,
+    ):
+        validate_schedule(schedule, min_signal_rate, max_signal_rate)
+        if time_embedding_type != "positional":
+            raise ValueError(
+                f"time_embedding_type must be 'positional' (the sinusoidal noise-variance embedding), "
+                f"got {time_embedding_type!r}."
+            )
+        for width in block_out_channels:
+            if width % norm_num_groups:
+                raise ValueError(
+                    f"Every block_out_channels value must be divisible by norm_num_groups={norm_num_groups}, "
+                    f"got block_out_channels={tuple(block_out_channels)}."
+                )
+        super().__init__(
+            sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
+            center_input_sample=center_input_sample, time_embedding_type="positional",
+            time_embedding_dim=time_embedding_dim, down_block_types=down_block_types,
+            mid_block_type=mid_block_type, up_block_types=up_block_types,
+            block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+            mid_block_scale_factor=mid_block_scale_factor, downsample_padding=downsample_padding,
+            downsample_type=downsample_type, upsample_type=upsample_type, dropout=dropout, act_fn=act_fn,
+            attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
+            attn_norm_num_groups=attn_norm_num_groups, norm_eps=norm_eps,
+            resnet_time_scale_shift=resnet_time_scale_shift, add_attention=add_attention,
+            class_embed_type=class_embed_type, num_class_embeds=num_class_embeds,
+        )
+        # UNet2DModel registered its integer-timestep options too; they are fixed here, so drop them.
+        self._internal_dict = FrozenDict(
+            {k: v for k, v in self._internal_dict.items() if k not in _FIXED_PARENT_OPTIONS and k != "_use_default_values"}
+        )
+        # Replace the integer-step projection with the seeds' embedding of the noise variance.
+        self.time_proj = SinusoidalNoiseVarianceEmbedding(
+            block_out_channels[0], schedule, min_signal_rate, max_signal_rate,
+            embedding_min_frequency, embedding_max_frequency,
+        )
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def downsample_factor(self) -> int:
+        """How many times smaller the lowest resolution is than the input (inputs must be divisible by it)."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> UNet2DOutput | tuple:
+        """Predict from a noisy `sample` (B, C, H, W) at continuous time `timestep` in [0, 1].
+
+        `timestep` is a float, a 0-d tensor or a tensor of shape (B,). Returns `UNet2DOutput` with
+        `sample` of shape (B, out_channels, H, W) (what it means is the scheduler's `prediction_type`).
+        """
+        t = torch.as_tensor(timestep, device=sample.device)
+        if t.is_floating_point() is False:
+            t = t.float()
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, sample.shape[0])):
+            raise ValueError(
+                f"timestep must be a scalar or have shape ({sample.shape[0]},), got shape {tuple(t.shape)}."
+            )
+        return super().forward(sample, t.to(torch.float32), class_labels=class_labels, return_dict=return_dict)

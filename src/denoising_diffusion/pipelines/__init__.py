@@ -1,0 +1,3 @@
+from .pipeline_cosine_ddim import CosineDDIMPipeline
+
+__all__ = ["CosineDDIMPipeline"]

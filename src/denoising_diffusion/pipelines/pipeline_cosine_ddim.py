@@ -1,0 +1,242 @@
+"""Unconditional image generation with a continuous-time UNet and a continuous-time scheduler.
+
+A drop-in for diffusers' `DDIMPipeline`: same call signature and outputs. A saved folder carries
+the code of its components (see `save_pretrained`), so it also loads with plain diffusers:
+`DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)`.
+
+This module travels with saved pipelines, so it imports only the standard library, torch,
+diffusers and huggingface_hub.
+"""
+
+import importlib
+import inspect
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
+from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import snapshot_download
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# Keyword arguments of `from_pretrained` that say where and how to find a Hub repository.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
+_RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", flags=re.MULTILINE)
+
+
+def _bundle_module(module_file: Path, target_dir: Path) -> str:
+    """Copy `module_file` and the files it imports relatively into `target_dir`, flattened.
+
+    `from ..schedulers.noise_schedule import x` becomes `from .noise_schedule import x`, the form
+    diffusers' dynamic-module loader resolves inside one folder. Returns the module's stem.
+    """
+    pending, done = [module_file.resolve()], set()
+    while pending:
+        source = pending.pop()
+        if source in done:
+            continue
+        done.add(source)
+        text = source.read_text(encoding="utf-8")
+
+        def flatten(match, source=source):
+            dots, dotted = match.group(2), match.group(3)
+            base = source.parent
+            for _ in range(len(dots) - 1):
+                base = base.parent
+            pending.append(base.joinpath(*dotted.split(".")).with_suffix(".py"))
+            return f"{match.group(1)}.{dotted.split('.')[-1]}{match.group(4)}"
+
+        (target_dir / source.name).write_text(_RELATIVE_IMPORT.sub(flatten, text), encoding="utf-8")
+    return module_file.stem
+
+
+class CosineDDIMPipeline(DiffusionPipeline):
+    r"""Pipeline for unconditional image generation with continuous-time DDIM.
+
+    Parameters:
+        unet ([`ContinuousUNet2DModel`]): denoiser conditioned on a continuous time t in [0, 1].
+        scheduler ([`CosineDDIMScheduler`]): continuous-time scheduler with the same noise schedule.
+        image_mean (`list[float]`, *optional*): per-channel mean the training images were
+            standardised with (defaults to 0.5: images in [-1, 1]).
+        image_std (`list[float]`, *optional*): per-channel standard deviation likewise (default 0.5).
+            Generated samples are mapped back with `x * image_std + image_mean`, then clipped to [0, 1].
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler, image_mean: list[float] | None = None, image_std: list[float] | None = None):
+        super().__init__()
+        channels = unet.config.in_channels
+        image_mean = [0.5] * channels if image_mean is None else [float(v) for v in image_mean]
+        image_std = [0.5] * channels if image_std is None else [float(v) for v in image_std]
+        for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+            if len(values) != channels:
+                raise ValueError(f"{name} needs one value per channel ({channels}), got {values}.")
+        if min(image_std) <= 0:
+            raise ValueError(f"image_std values must be positive, got {image_std}.")
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(image_mean=image_mean, image_std=image_std)
+
+    # ------------------------------------------------------------------ images <-> model space
+    def _channel_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.config.image_mean, device=like.device, dtype=torch.float32).reshape(shape)
+        std = torch.tensor(self.config.image_std, device=like.device, dtype=torch.float32).reshape(shape)
+        return mean, std
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], shape (B, C, H, W) -> the standardised space the model works in."""
+        mean, std = self._channel_stats(images)
+        return (images.float() - mean) / std
+
+    def denormalize(self, samples: torch.Tensor) -> torch.Tensor:
+        """Model-space samples -> images in [0, 1] (clipped), float32."""
+        mean, std = self._channel_stats(samples)
+        return (samples.float() * std + mean).clamp(0, 1)
+
+    def _image_shape(self, batch_size: int) -> tuple[int, ...]:
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (batch_size, self.unet.config.in_channels, *size)
+
+    def to_output(self, images: torch.Tensor, output_type: str):
+        """Images in [0, 1] (B, C, H, W) -> "pt" tensor, "np" array (B, H, W, C) or "pil" list."""
+        if output_type == "pt":
+            return images
+        array = images.cpu().permute(0, 2, 3, 1).numpy()
+        return self.numpy_to_pil(array) if output_type == "pil" else array
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        num_inference_steps: int = 20,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        latents: torch.Tensor | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate images from Gaussian noise.
+
+        Args:
+            batch_size (`int`, defaults to 1): how many images.
+            generator (`torch.Generator` or a list of `batch_size` of them, *optional*): for
+                reproducible noise.
+            eta (`float`, defaults to 0.0): 0 is deterministic DDIM, 1 is DDPM-like sampling.
+            num_inference_steps (`int`, defaults to 20): denoising steps (any integer >= 1).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C) or `"pt"`
+                (B, C, H, W); values in [0, 1].
+            return_dict (`bool`, defaults to True): return an `ImagePipelineOutput` or a tuple.
+            latents (`torch.Tensor`, *optional*): the starting noise, shape (B, C, H, W), instead of
+                drawing it (e.g. fixed noise to compare samples across training).
+
+        Returns:
+            [`~pipelines.ImagePipelineOutput`] with `images`, or `(images,)`.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"Got a list of {len(generator)} generators for batch_size={batch_size}; they must match."
+            )
+        shape = self._image_shape(batch_size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        image = latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_output = self.unet(self.scheduler.scale_model_input(image, t), t).sample
+            image = self.scheduler.step(model_output, t, image, eta=eta, generator=generator).prev_sample
+
+        images = self.to_output(self.denormalize(image), output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`DiffusionPipeline.save_pretrained`, plus the code of every component not from diffusers.
+
+        Each such component's module goes into its subfolder (`unet/unet_continuous.py`, ...) and
+        this pipeline's module into the root, and `model_index.json` names them, so that
+        `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` works without this package.
+        """
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "create_pr", "token") if k in kwargs}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        root = Path(save_directory)
+        index_path = root / "model_index.json"
+        index = json.loads(index_path.read_text())
+        for name, component in self.components.items():
+            module = inspect.getmodule(type(component))
+            if component is None or module is None or module.__name__.split(".")[0] in LOADABLE_CLASSES:
+                continue
+            stem = _bundle_module(Path(inspect.getsourcefile(type(component))), root / name)
+            index[name] = [stem, type(component).__name__]
+        stem = _bundle_module(Path(inspect.getsourcefile(type(self))), root)
+        index["_class_name"] = [stem, type(self).__name__]
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        if push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = hub_kwargs.pop("repo_id", None) or root.resolve().name
+            token = hub_kwargs.get("token")
+            repo_id = create_repo(repo_id, exist_ok=True, private=hub_kwargs.get("private"), token=token).repo_id
+            upload_folder(repo_id=repo_id, folder_path=root, token=token,
+                          commit_message=hub_kwargs.get("commit_message") or "Upload pipeline",
+                          create_pr=hub_kwargs.get("create_pr", False))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Load a saved pipeline (folder or Hub repo id) with the classes already imported here.
+
+        Components are looked up by class name in the package that defines this pipeline class,
+        then in diffusers; no code stored in the folder is run. With `trust_remote_code=True`
+        this defers to `DiffusionPipeline.from_pretrained`, which uses the stored code.
+        Accepts `torch_dtype`, components to use instead of the stored ones (`unet=`,
+        `scheduler=`), pipeline arguments, and the Hub arguments `cache_dir`, `revision`,
+        `token`, `local_files_only`, `force_download`, `proxies`.
+        """
+        if kwargs.get("trust_remote_code") or kwargs.get("custom_pipeline"):
+            return DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):
+            folder = snapshot_download(folder, **hub_kwargs)
+        config = cls.load_config(folder)
+
+        package = importlib.import_module(cls.__module__.split(".")[0])
+        diffusers = importlib.import_module("diffusers")
+        init_params = inspect.signature(cls.__init__).parameters
+        init_kwargs = {}
+        for name in init_params:
+            if name == "self":
+                continue
+            if name in kwargs:
+                init_kwargs[name] = kwargs.pop(name)
+            elif isinstance(config.get(name), list) and len(config[name]) == 2 and isinstance(config[name][1], str):
+                class_name = config[name][1]
+                component_cls = getattr(package, class_name, None) or getattr(diffusers, class_name, None)
+                if component_cls is None:
+                    raise ValueError(
+                        f"Component {name!r} is a {class_name}, which neither {package.__name__} nor diffusers "
+                        "defines; load with trust_remote_code=True to use the code stored with the pipeline."
+                    )
+                extra = {"torch_dtype": torch_dtype} if torch_dtype is not None and issubclass(component_cls, torch.nn.Module) else {}
+                init_kwargs[name] = component_cls.from_pretrained(folder, subfolder=name, **extra)
+            elif name in config:
+                init_kwargs[name] = config[name]
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for {cls.__name__}.from_pretrained: {sorted(kwargs)}.")
+        pipe = cls(**init_kwargs)
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipe

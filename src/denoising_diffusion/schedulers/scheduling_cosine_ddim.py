@@ -1,0 +1,187 @@
+"""Continuous-time DDIM (Song, Meng & Ermon 2020) over a cosine or linear signal/noise schedule.
+
+Notation, per sample at continuous time t in [0, 1]:
+
+    x_t = alpha_t * x_0 + sigma_t * eps,    alpha_t**2 + sigma_t**2 = 1
+
+``alpha_t`` is the *signal rate* and ``sigma_t`` the *noise rate* (``alpha_t**2`` is DDPM's
+alpha-bar). One DDIM step from t to s < t with stochasticity ``eta``:
+
+    eta_sigma = eta * (sigma_s / sigma_t) * sqrt(1 - alpha_t**2 / alpha_s**2)
+    x_s = alpha_s * x0_hat + sqrt(sigma_s**2 - eta_sigma**2) * eps_hat + eta_sigma * z
+
+eta = 0 is deterministic DDIM, eta = 1 the DDPM posterior variance. The step that ends at t = 0
+returns the clean estimate ``x0_hat`` (alpha = 1, as diffusers' DDIMScheduler with
+``set_alpha_to_one=True`` and the Keras DDIM example).
+
+This module travels with saved pipelines, so it imports only torch, diffusers and its sibling
+``noise_schedule``.
+"""
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .noise_schedule import signal_noise_rates, validate_schedule
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
+    """DDIM sampler in continuous time, for models conditioned on a time t in [0, 1].
+
+    Args:
+        schedule (`str`, defaults to `"cosine"`): `"cosine"` or `"linear"` (see `noise_schedule`).
+        min_signal_rate (`float`, defaults to 0.02): signal rate at t = 1 (the noisiest input).
+        max_signal_rate (`float`, defaults to 0.95): signal rate at t = 0 (the cleanest input).
+        prediction_type (`str`, defaults to `"epsilon"`): what the model predicts: the noise
+            (`"epsilon"`), the clean sample (`"sample"`) or the velocity
+            `v = alpha_t * eps - sigma_t * x_0` (`"v_prediction"`).
+        num_train_timesteps (`int`, defaults to 1000): only the length reported by `len()`, for
+            tools that expect a discrete scheduler; times themselves are continuous.
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        schedule: str = "cosine",
+        min_signal_rate: float = 0.02,
+        max_signal_rate: float = 0.95,
+        prediction_type: str = "epsilon",
+        num_train_timesteps: int = 1000,
+    ):
+        validate_schedule(schedule, min_signal_rate, max_signal_rate)
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"Unknown prediction_type {prediction_type!r}; expected one of {', '.join(map(repr, PREDICTION_TYPES))}."
+            )
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps = None
+        self.timesteps = torch.tensor([1.0])
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def signal_noise_rates(self, timesteps) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return `(signal_rate, noise_rate)` for continuous times `timesteps` (any shape, in [0, 1])."""
+        return signal_noise_rates(
+            timesteps, self.config.schedule, self.config.min_signal_rate, self.config.max_signal_rate
+        )
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """Identity, for interchangeability with schedulers that scale the model input."""
+        return sample
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
+        """Set `timesteps` to the `num_inference_steps` descending times `1, 1 - 1/N, ..., 1/N`."""
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
+        self.num_inference_steps = num_inference_steps
+        steps = torch.arange(num_inference_steps, 0, -1, dtype=torch.float64) / num_inference_steps
+        self.timesteps = steps.to(device=device, dtype=torch.float32)
+
+    def previous_timestep(self, timestep) -> torch.Tensor:
+        """The time one inference step after `timestep` (0 for the last step)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Call `set_timesteps(num_inference_steps)` before `step()`.")
+        timestep = torch.as_tensor(timestep, dtype=torch.float64)
+        return (timestep - 1.0 / self.num_inference_steps).clamp(min=0.0)
+
+    def _rates(self, timesteps, sample: torch.Tensor, clean_at_zero: bool = False):
+        """Signal and noise rates for `timesteps` (scalar or shape (B,)), shaped to broadcast over `sample`."""
+        dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        t = torch.as_tensor(timesteps, device=sample.device, dtype=dtype)
+        signal, noise = self.signal_noise_rates(t)
+        if clean_at_zero:
+            # t = 0 is the end of sampling: the clean data itself (alpha = 1), not the training bound.
+            signal = torch.where(t <= 0, torch.ones_like(signal), signal)
+            noise = torch.where(t <= 0, torch.zeros_like(noise), noise)
+        shape = (-1,) + (1,) * (sample.ndim - 1) if t.ndim == 1 else ()
+        return signal.reshape(shape), noise.reshape(shape)
+
+    def convert_model_output(
+        self, model_output: torch.Tensor, timestep, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Turn a model output into `(pred_original_sample, pred_epsilon)` at time `timestep`."""
+        signal, noise = self._rates(timestep, sample)
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            pred_epsilon = model_output
+            pred_original_sample = (sample - noise * pred_epsilon) / signal
+        elif kind == "sample":
+            pred_original_sample = model_output
+            pred_epsilon = (sample - signal * pred_original_sample) / noise
+        elif kind == "v_prediction":
+            pred_original_sample = signal * sample - noise * model_output
+            pred_epsilon = signal * model_output + noise * sample
+        else:
+            raise ValueError(f"Unknown prediction_type {kind!r}; expected one of {PREDICTION_TYPES}.")
+        return pred_original_sample, pred_epsilon
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> DDIMSchedulerOutput | tuple:
+        """One DDIM step from `timestep` to the previous (less noisy) time.
+
+        Args:
+            model_output (`torch.Tensor`): the model's prediction, shape (B, C, H, W).
+            timestep (`float` or `torch.Tensor`): the current continuous time, one of `self.timesteps`.
+            sample (`torch.Tensor`): the current noisy sample x_t, shape (B, C, H, W).
+            eta (`float`): 0 for deterministic DDIM, 1 for the DDPM posterior variance.
+            generator: random generator(s) for the noise added when `eta > 0`.
+            variance_noise (`torch.Tensor`, optional): that noise given directly instead.
+
+        Returns:
+            `DDIMSchedulerOutput(prev_sample, pred_original_sample)` or a tuple of both. The
+            computation runs in float32 (float64 stays float64); outputs take `sample`'s dtype.
+        """
+        dtype = sample.dtype
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        x_t, model_output = sample.to(work), model_output.to(work)
+        prev_t = self.previous_timestep(timestep)
+
+        pred_original_sample, pred_epsilon = self.convert_model_output(model_output, timestep, x_t)
+        alpha_t, sigma_t = self._rates(timestep, x_t)
+        alpha_s, sigma_s = self._rates(prev_t, x_t, clean_at_zero=True)
+
+        # eta_sigma = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)  (DDIM eq. 16)
+        eta_sigma = eta * (sigma_s / sigma_t) * torch.sqrt((1.0 - alpha_t**2 / alpha_s**2).clamp(min=0.0))
+        direction = torch.sqrt((sigma_s**2 - eta_sigma**2).clamp(min=0.0)) * pred_epsilon
+        prev_sample = alpha_s * pred_original_sample + direction
+
+        if eta > 0:
+            if variance_noise is None:
+                variance_noise = randn_tensor(
+                    model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+                )
+            prev_sample = prev_sample + eta_sigma * variance_noise.to(work)
+
+        prev_sample, pred_original_sample = prev_sample.to(dtype), pred_original_sample.to(dtype)
+        if not return_dict:
+            return (prev_sample, pred_original_sample)
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """Forward diffusion q(x_t | x_0): `alpha_t * original_samples + sigma_t * noise`.
+
+        `timesteps` is a continuous time per sample (shape (B,)) or one for all (scalar).
+        """
+        signal, noise_rate = self._rates(timesteps, original_samples)
+        out = signal * original_samples.to(signal.dtype) + noise_rate * noise.to(signal.dtype)
+        return out.to(original_samples.dtype)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """The v-prediction target `alpha_t * noise - sigma_t * sample` (Salimans & Ho 2022)."""
+        signal, noise_rate = self._rates(timesteps, sample)
+        return (signal * noise.to(signal.dtype) - noise_rate * sample.to(signal.dtype)).to(sample.dtype)
