@@ -88,8 +88,10 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
         """The time one inference step after `timestep` (0 for the last step)."""
         if self.num_inference_steps is None:
             raise ValueError("Call `set_timesteps(num_inference_steps)` before `step()`.")
-        timestep = torch.as_tensor(timestep, dtype=torch.float64)
-        return (timestep - 1.0 / self.num_inference_steps).clamp(min=0.0)
+        step = 1.0 / self.num_inference_steps
+        prev = torch.as_tensor(timestep, dtype=torch.float64) - step
+        # Times are float32, so "1/N - 1/N" may come out as ~1e-8: anything under half a step is the end.
+        return torch.where(prev < 0.5 * step, torch.zeros_like(prev), prev)
 
     def _rates(self, timesteps, sample: torch.Tensor, clean_at_zero: bool = False):
         """Signal and noise rates for `timesteps` (scalar or shape (B,)), shaped to broadcast over `sample`."""

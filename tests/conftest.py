@@ -1,0 +1,40 @@
+import os
+
+import pytest
+import torch
+
+# Tests never reach the network, and keep the Hub cache and diffusers' module cache private.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf_home(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(home / "modules"))
+    yield
+
+
+def tiny_unet(channels: int = 1, size: int = 8, **kwargs):
+    from denoising_diffusion import ContinuousUNet2DModel
+
+    config = dict(
+        sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1, norm_num_groups=4,
+    )
+    config.update(kwargs)
+    unet = ContinuousUNet2DModel(**config)
+    # The output layer starts at zero (as in the seeds); give it weights so outputs depend on inputs.
+    with torch.no_grad():
+        torch.nn.init.normal_(unet.conv_out.weight, std=0.2, generator=torch.Generator().manual_seed(0))
+    return unet
+
+
+def tiny_pipeline(channels: int = 1, size: int = 8, **pipe_kwargs):
+    from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
+
+    pipe = CosineDDIMPipeline(tiny_unet(channels, size), CosineDDIMScheduler(), **pipe_kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
