@@ -6,6 +6,7 @@ import torch
 # Tests never reach the network, and keep the Hub cache and diffusers' module cache private.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars stay out of test logs
 
 
 @pytest.fixture(autouse=True)
@@ -13,7 +14,13 @@ def _isolated_hf_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("hf_home")
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_MODULES_CACHE", str(home / "modules"))
+    monkeypatch.setenv("DENOISING_DIFFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "dd_cache"))
     yield
+    # Accelerate keeps one process-wide state; each test's Trainer may ask for other settings.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def tiny_unet(channels: int = 1, size: int = 8, **kwargs):

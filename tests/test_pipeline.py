@@ -52,8 +52,8 @@ def test_bad_arguments_raise_clear_errors():
         pipe(output_type="latent")
     with pytest.raises(ValueError, match="3 generators for batch_size=2"):
         pipe(batch_size=2, generator=[torch.Generator()] * 3)
-    with pytest.raises(ValueError, match=r"latents must have shape \(1, 1, 8, 8\)"):
-        pipe(latents=torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"latents must have shape \(2, 1, 8, 8\)"):
+        pipe(latents=torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match="image_mean needs one value per channel"):
         CosineDDIMPipeline(pipe.unet, pipe.scheduler, image_mean=[0.1, 0.2])
 

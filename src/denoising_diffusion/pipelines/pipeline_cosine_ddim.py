@@ -132,13 +132,16 @@ class CosineDDIMPipeline(DiffusionPipeline):
                 (B, C, H, W); values in [0, 1].
             return_dict (`bool`, defaults to True): return an `ImagePipelineOutput` or a tuple.
             latents (`torch.Tensor`, *optional*): the starting noise, shape (B, C, H, W), instead of
-                drawing it (e.g. fixed noise to compare samples across training).
+                drawing it (e.g. fixed noise to compare samples across training); its B wins over
+                `batch_size`.
 
         Returns:
             [`~pipelines.ImagePipelineOutput`] with `images`, or `(images,)`.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if latents is not None:
+            batch_size = latents.shape[0]
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
                 f"Got a list of {len(generator)} generators for batch_size={batch_size}; they must match."

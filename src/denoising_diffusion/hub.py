@@ -1,0 +1,144 @@
+"""Model cards and publishing a trained pipeline folder to the Hugging Face Hub.
+
+    python -m denoising_diffusion.hub card outputs/digits            # (re)write outputs/digits/README.md
+    python -m denoising_diffusion.hub push outputs/digits --repo_id you/ddim-digits [--private]
+
+The token comes from `--token`, `HF_TOKEN` or `hf auth login`; it is never written anywhere.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+# The repository's model_card.md (linked into the package, so installed copies carry it).
+TEMPLATE = Path(__file__).parent / "model_card_template.md"
+# What a push leaves out: resumable training state and logs (the pipeline, card and samples go).
+PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".checkpoint-*", ".checkpoint-*/**", "logs/**", "*.partial"]
+
+
+def _evaluation_markdown(folder: Path) -> str:
+    path = folder / "eval.json"
+    if not path.exists():
+        return "Not evaluated yet: `python -m denoising_diffusion.evaluate --model <this repo>` prints a KID table."
+    from .evaluate import markdown_table
+
+    result = json.loads(path.read_text())
+    head = (f"KID and FID of {result['num_samples']} samples against {result['num_real']} real images "
+            f"({result['features']} features")
+    if "feature_extractor_test_accuracy" in result:
+        head += f"; the digits classifier's held-out accuracy is {result['feature_extractor_test_accuracy']:.3f}"
+    return head + "), by sampling steps:\n\n" + markdown_table(result)
+
+
+def render_model_card(folder: str | Path, repo_id: str | None = None, license: str = "apache-2.0"):
+    """A `huggingface_hub.ModelCard` for the trained pipeline in `folder` (not yet saved)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder = Path(folder)
+    config = yaml.safe_load((folder / "training_config.yaml").read_text())
+    summary_path = folder / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    dataset = config.get("train_data_dir") or config.get("dataset_name")
+    is_hub_dataset = dataset and "/" in str(dataset) and not Path(str(dataset)).exists()
+    if config.get("dataset_name") == "digits" and not config.get("train_data_dir"):
+        dataset_description = ("scikit-learn's handwritten digits (1,797 8x8 grayscale images, UCI optdigits), "
+                               f"upscaled to {config['resolution']}x{config['resolution']}.")
+    else:
+        dataset_description = f"`{dataset}` at {config['resolution']}x{config['resolution']}."
+    card_data = ModelCardData(
+        library_name="diffusers", pipeline_tag="unconditional-image-generation", license=license,
+        tags=["diffusers", "ddim", "denoising-diffusion", "unconditional-image-generation", "pytorch"],
+        datasets=[dataset] if is_hub_dataset else None,
+    )
+    seconds = summary.get("training_seconds")
+    name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE),
+        model_name=name, repo_id=repo_id or str(folder),
+        description=(f"A continuous-time DDIM (Denoising Diffusion Implicit Model) trained with "
+                     f"[denoising-diffusion](https://pypi.org/project/denoising-diffusion/) on {dataset_description}"),
+        grid_image="samples.png", grid_caption=f"{config.get('num_grid_images', 36)} images, "
+                                               f"{config.get('grid_inference_steps', 20)} DDIM steps, fixed noise",
+        num_parameters=f"{summary.get('num_parameters', 0):,}" if summary else "unknown",
+        widths="/".join(map(str, unet["block_out_channels"])), layers_per_block=unet["layers_per_block"],
+        resolution=config["resolution"], channels=config["channels"], schedule=config["schedule"],
+        min_signal_rate=config["min_signal_rate"], max_signal_rate=config["max_signal_rate"],
+        prediction_type=config["prediction_type"], loss=config["loss"], loss_on=config["loss_on"],
+        ema_decay=config["ema_decay"] if config.get("use_ema") else "none (no EMA)",
+        dataset_description=dataset_description,
+        train_steps=summary.get("global_step", "unknown"), batch_size=config["train_batch_size"],
+        learning_rate=config["learning_rate"], mixed_precision=config["mixed_precision"],
+        training_time=f"{seconds / 60:.1f} minutes" if seconds else "unknown",
+        hardware=summary.get("hardware", "unknown hardware"),
+        training_config=yaml.safe_dump(config, sort_keys=False).strip(),
+        evaluation=_evaluation_markdown(folder),
+    )
+
+
+def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    """Render the card for `folder` into `folder/README.md` and return its path."""
+    path = Path(folder) / "README.md"
+    render_model_card(folder, repo_id).save(str(path))
+    return path
+
+
+def retry_command(folder: str | Path, repo_id: str, private: bool | None) -> str:
+    return (f"python -m denoising_diffusion.hub push {folder} --repo_id {repo_id}"
+            + (" --private" if private else ""))
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,
+                commit_message: str = "Upload trained CosineDDIMPipeline", run_as_future: bool = False):
+    """Create `repo_id` if needed and upload the pipeline folder (code, weights, card, samples).
+
+    Checkpoints and logs stay local. Returns the commit info (or a Future with `run_as_future`).
+    On failure nothing local is touched and the error says how to retry.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").exists():
+        raise FileNotFoundError(f"{folder} holds no saved pipeline (model_index.json is missing).")
+    api = HfApi(token=token)
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if not (folder / "README.md").exists() and (folder / "training_config.yaml").exists():
+            write_model_card(folder, repo_id)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                 ignore_patterns=PUSH_IGNORE, run_as_future=run_as_future)
+    except Exception as error:  # noqa: BLE001 - any failure: keep files, explain the retry
+        raise RuntimeError(
+            f"Pushing {folder} to {repo_id} failed ({type(error).__name__}: {error}). Every local file is kept; "
+            f"retry with: {retry_command(folder, repo_id, private)}"
+        ) from error
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m denoising_diffusion.hub", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    card = sub.add_parser("card", help="Write FOLDER/README.md from model_card.md.")
+    card.add_argument("folder")
+    card.add_argument("--repo_id", default=None)
+    push = sub.add_parser("push", help="Upload FOLDER to the Hub (creates the repo).")
+    push.add_argument("folder")
+    push.add_argument("--repo_id", required=True)
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", default=None, help="Defaults to HF_TOKEN or the stored login.")
+    args = parser.parse_args(argv)
+    if args.command == "card":
+        print(f"Wrote {write_model_card(args.folder, args.repo_id)}")
+        return
+    try:
+        info = push_folder(args.folder, args.repo_id, private=args.private or None, token=args.token)
+    except (RuntimeError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    print(f"Pushed {args.folder}: {info.commit_url}")
+
+
+if __name__ == "__main__":
+    main()

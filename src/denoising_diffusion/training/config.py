@@ -1,0 +1,212 @@
+"""Training configuration: one dataclass, filled from a YAML file and `--key value` overrides.
+
+Names follow diffusers' example scripts (`train_unconditional.py`) where they exist.
+"""
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import yaml
+
+LOSSES = ("mae", "mse")
+LOSS_TARGETS = ("noise", "image", "velocity")
+NORMALIZATIONS = ("minus_one_one", "dataset")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+BUILTIN_DATASET = "digits"
+SECRET_FIELDS = ("hub_token",)
+
+
+class ConfigError(ValueError):
+    """A problem with the user's configuration or data, reported before training starts."""
+
+# The built-in default's UNet: the seeds' residual design (two blocks per level, no attention),
+# three levels 32/64/96 for 16x16 digits. configs/flowers.yaml has the seeds' 64x64 four-level one.
+DEFAULT_UNET = {
+    "block_out_channels": [32, 64, 96],
+    "layers_per_block": 2,
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "mid_block_type": None,
+    "norm_num_groups": 8,
+}
+
+
+@dataclass
+class TrainingConfig:
+    """Everything `train_ddim.py` reads. Every field can be set in the YAML file or as `--name value`."""
+
+    # -- data
+    dataset_name: Optional[str] = field(
+        default=BUILTIN_DATASET,
+        metadata={"help": "Hub dataset id, local dataset folder/file, or 'digits' (scikit-learn's 8x8 digits, built in)."},
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    train_data_dir: Optional[str] = field(
+        default=None, metadata={"help": "A folder of images (imagefolder); used instead of dataset_name."}
+    )
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: Optional[str] = field(default=None, metadata={"help": "Column holding class labels, if any."})
+    resolution: int = field(default=16, metadata={"help": "Images are resized (and cropped) to this square size."})
+    center_crop: bool = field(
+        default=True, metadata={"help": "Center-crop after resizing (seeds; images decoded once) or random crop."}
+    )
+    random_flip: bool = field(default=False, metadata={"help": "Flip images horizontally at random."})
+    channels: int = field(default=1, metadata={"help": "1 (grayscale) or 3 (RGB); images are converted."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N examples."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it first."})
+    normalization: str = field(
+        default="dataset",
+        metadata={"help": "'dataset': standardise with per-channel mean/std (seeds); 'minus_one_one': [-1, 1]."},
+    )
+    normalization_samples: int = field(
+        default=10000, metadata={"help": "How many images estimate the dataset statistics (streaming)."}
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    # -- model and objective
+    unet: Union[dict, str, None] = field(
+        default=None, metadata={"help": "ContinuousUNet2DModel arguments as a mapping (YAML) or JSON string."}
+    )
+    schedule: str = field(default="cosine", metadata={"help": "'cosine' or 'linear'."})
+    min_signal_rate: float = field(default=0.02, metadata={"help": "Signal rate at t=1."})
+    max_signal_rate: float = field(default=0.95, metadata={"help": "Signal rate at t=0."})
+    prediction_type: str = field(default="epsilon", metadata={"help": "'epsilon', 'sample' or 'v_prediction'."})
+    loss: str = field(default="mae", metadata={"help": "'mae' or 'mse'."})
+    loss_on: str = field(default="noise", metadata={"help": "'noise', 'image' or 'velocity'."})
+
+    # -- optimisation (the Keras DDIM example's AdamW)
+    train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
+    num_epochs: int = field(default=40, metadata={"help": "Epochs (ignored when max_train_steps is set)."})
+    max_train_steps: Optional[int] = field(default=None, metadata={"help": "Total optimiser steps."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
+    lr_scheduler: str = field(default="constant", metadata={"help": "diffusers.optimization scheduler name."})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "Warm-up steps."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    adam_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
+    use_ema: bool = field(default=True, metadata={"help": "Keep an exponential moving average of the weights."})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay (Keras example: 0.999)."})
+
+    # -- hardware
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16'."})
+    seed: int = field(default=42, metadata={"help": "Random seed."})
+
+    # -- outputs
+    output_dir: str = field(default="outputs/digits", metadata={"help": "Where checkpoints and the pipeline go."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow a non-empty output_dir."})
+    logger: str = field(default="tensorboard", metadata={"help": "'tensorboard', 'wandb', 'trackio' or 'none'."})
+    logging_dir: str = field(default="logs", metadata={"help": "Tracker folder, inside output_dir."})
+    logging_steps: int = field(default=10, metadata={"help": "Log (and check the loss is finite) every N steps."})
+    checkpointing_steps: int = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps."})
+    checkpoints_total_limit: Optional[int] = field(default=None, metadata={"help": "Keep at most N checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "A checkpoint folder or 'latest'."})
+    save_images_steps: int = field(default=500, metadata={"help": "Save a sample grid every N steps."})
+    num_grid_images: int = field(default=36, metadata={"help": "Images in each sample grid (fixed noise)."})
+    grid_inference_steps: int = field(default=20, metadata={"help": "DDIM steps for the sample grids."})
+
+    # -- evaluation during training (the Keras example measures KID every epoch)
+    eval_every_epochs: int = field(default=0, metadata={"help": "KID of the EMA pipeline every N epochs (0: off)."})
+    eval_num_samples: int = field(default=500, metadata={"help": "Generated images per KID evaluation."})
+    eval_inference_steps: int = field(default=5, metadata={"help": "DDIM steps for KID (Keras example: 5)."})
+    eval_features: str = field(default="auto", metadata={"help": "'auto', 'digits' or 'inception'."})
+    inception_weights: Optional[str] = field(default=None, metadata={"help": "Local Inception-v3 weights file."})
+
+    # -- the Hub
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the final pipeline, card and samples."})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Repo id (default: output_dir's name)."})
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the repo private."})
+    hub_token: Optional[str] = field(
+        default=None, metadata={"help": "Hub token (default: HF_TOKEN or the stored login); never written to disk."}
+    )
+    hub_push_checkpoints: bool = field(
+        default=False, metadata={"help": "Also push each checkpoint's pipeline, in the background."}
+    )
+
+    def __post_init__(self):
+        if isinstance(self.unet, str):
+            self.unet = json.loads(self.unet)
+        given = dict(self.unet or {})
+        self.unet = {**DEFAULT_UNET, **given}
+        levels = len(self.unet["block_out_channels"])
+        for key, block in (("down_block_types", "DownBlock2D"), ("up_block_types", "UpBlock2D")):
+            if key not in given:  # widths alone set the depth: residual blocks at every level
+                self.unet[key] = [block] * levels
+        choices = {
+            "loss": LOSSES, "loss_on": LOSS_TARGETS, "normalization": NORMALIZATIONS,
+            "mixed_precision": MIXED_PRECISIONS, "schedule": ("cosine", "linear"),
+            "prediction_type": ("epsilon", "sample", "v_prediction"),
+            "eval_features": ("auto", "digits", "inception"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not valid; expected one of {allowed}.")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels={self.channels} is not valid; expected 1 or 3.")
+        positive = ("resolution", "train_batch_size", "gradient_accumulation_steps", "num_epochs", "logging_steps",
+                    "checkpointing_steps", "save_images_steps", "grid_inference_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} is not valid; expected an integer >= 1.")
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise ConfigError(f"max_train_steps={self.max_train_steps} is not valid; expected an integer >= 1.")
+        if self.streaming and self.max_train_steps is None:
+            raise ConfigError("streaming=True needs max_train_steps: a streamed dataset has no known length.")
+        for name in ("in_channels", "out_channels", "sample_size"):
+            if name in self.unet:
+                raise ConfigError(
+                    f"unet.{name} is set from channels/resolution; remove it from the unet section."
+                )
+
+    def to_dict(self) -> dict:
+        """Every setting except secrets (the Hub token never lands in files, logs or cards)."""
+        values = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            values.pop(name, None)
+        return values
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainingConfig)]
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _field_names(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"Unknown config key {key!r} in {where}.{hint}")
+
+
+def parse_config(argv: list[str] | None = None) -> TrainingConfig:
+    """Build a `TrainingConfig` from `[--config FILE.yaml] [--key value ...]` (later wins)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainingConfig, description="Train a continuous-time DDIM with Accelerate.")
+    parser.add_argument("--config", type=str, default=None, help="YAML file with config keys.")
+    args = list(argv) if argv is not None else None
+    known, _ = parser.parse_known_args(args)
+    if known.config:
+        path = Path(known.config)
+        if not path.is_file():
+            raise ConfigError(f"Config file {str(path)!r} does not exist.")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values.")
+        for key in values:
+            if key not in _field_names():
+                raise _unknown_key_error(key, str(path))
+        parser.set_defaults(**values)
+    outputs = parser.parse_args_into_dataclasses(args, return_remaining_strings=True)
+    config, remaining = outputs[0], outputs[-1]  # between them: a namespace holding --config
+    flags = [r for r in remaining if r.startswith("--")]
+    if flags:
+        raise _unknown_key_error(flags[0].lstrip("-").split("=")[0], "the command line")
+    if remaining:
+        raise ConfigError(f"Unexpected command-line values {remaining}; use --key value.")
+    return config

@@ -1,0 +1,237 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from denoising_diffusion import CosineDDIMPipeline
+from denoising_diffusion.training import ConfigError, Trainer, parse_config, train
+from denoising_diffusion.training import trainer as trainer_module
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "40", "--logger", "none",
+        "--unet", json.dumps({"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}),
+        "--num_grid_images", "4", "--grid_inference_steps", "2", "--logging_steps", "1"]
+
+
+def config_for(tmp_path, *extra, name="run"):
+    return parse_config(TINY + ["--output_dir", str(tmp_path / name), *map(str, extra)])
+
+
+def unet_weights(folder):
+    return load_file(str(Path(folder) / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_tiny_run_saves_a_loadable_pipeline_with_dataset_statistics(tmp_path):
+    out = train(config_for(tmp_path, "--max_train_steps", 3, "--checkpointing_steps", 2, "--save_images_steps", 2))
+    for f in ["model_index.json", "training_config.yaml", "samples.png", "samples/step-000002.png",
+              "checkpoint-2/model.safetensors", "checkpoint-2/noise_rng_0.pt"]:
+        assert (out / f).exists(), f
+    pipe = CosineDDIMPipeline.from_pretrained(out)
+    # Digits are mostly dark: the stored statistics are the data's, not the [-1, 1] default.
+    assert pipe.config.image_mean[0] == pytest.approx(0.31, abs=0.05)
+    assert pipe.config.image_std[0] == pytest.approx(0.38, abs=0.05)
+    images = pipe(batch_size=2, num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 8, 8, 1)
+    # The weights moved away from the zero-initialised output layer.
+    assert unet_weights(out)["conv_out.weight"].abs().sum() > 0
+
+
+def test_cli_overrides_yaml_and_unknown_keys_suggest_the_nearest(tmp_path):
+    config = parse_config(["--config", str(ROOT / "configs/flowers.yaml"), "--resolution", "32", "--no_use_ema"])
+    assert config.resolution == 32 and config.use_ema is False and config.channels == 3
+    assert config.dataset_name == "nelorth/oxford-flowers"
+    with pytest.raises(ConfigError, match="Unknown config key 'learning_rte' in the command line. Did you mean 'learning_rate'"):
+        parse_config(["--learning_rte", "1e-3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train_batch_sise: 4\n")
+    with pytest.raises(ConfigError, match="Unknown config key 'train_batch_sise' in .*bad.yaml. Did you mean 'train_batch_size'"):
+        parse_config(["--config", str(bad)])
+    with pytest.raises(ConfigError, match="loss='l2' is not valid; expected one of"):
+        parse_config(["--loss", "l2"])
+    widths_only = parse_config(["--unet", '{"block_out_channels": [16, 32]}'])
+    assert widths_only.unet["down_block_types"] == ["DownBlock2D", "DownBlock2D"]
+
+
+def test_every_shipped_config_parses_and_builds_its_model():
+    for name in ["digits", "flowers", "pets", "mnist"]:
+        config = parse_config(["--config", str(ROOT / f"configs/{name}.yaml")])
+        unet = trainer_module.build_unet(config)
+        assert unet.config.sample_size == config.resolution
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--image_column", "picture"], r"image_column='picture' is not a column of the dataset; its columns are \['image', 'label'\]"),
+        (["--resolution", "9"], "resolution=9 is not divisible by 2, the UNet's downsampling factor"),
+        (["--channels", "3"], "channels=3 but the image at index 0 is L \\(1 channel\\); set channels: 1"),
+    ],
+)
+def test_bad_inputs_fail_before_training_with_clear_errors(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        train(config_for(tmp_path, *extra))
+    assert not (tmp_path / "run" / "training_config.yaml").exists()  # nothing started
+
+
+def test_empty_dataset_fails_before_training(tmp_path):
+    from datasets import Dataset, Features, Image, Value
+
+    (tmp_path / "empty").mkdir()
+    Dataset.from_dict({"image": [], "label": []}, features=Features({"image": Image(), "label": Value("int64")})
+                      ).to_parquet(str(tmp_path / "empty" / "train.parquet"))
+    with pytest.raises(ConfigError, match=r"The dataset '.*empty' \(split 'train'\) is empty"):
+        train(config_for(tmp_path, "--dataset_name", tmp_path / "empty"))
+
+
+def _write_pngs(folder, count, mode="RGB", size=(12, 10)):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+        PIL.Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode=mode).save(folder / f"{i}.png")
+
+
+def test_unreadable_image_is_named(tmp_path):
+    _write_pngs(tmp_path / "images", 4)
+    (tmp_path / "images" / "2.png").write_bytes(b"not a png at all")
+    config = config_for(tmp_path, "--train_data_dir", tmp_path / "images", "--channels", 3, "--max_train_steps", 1)
+    with pytest.raises(ConfigError, match=r"Cannot read the image at index \d+ \(.*2\.png\)"):
+        train(config)
+
+
+def test_imagefolder_of_rgb_pngs_with_random_crops_and_flips(tmp_path):
+    _write_pngs(tmp_path / "images", 10)
+    config = config_for(tmp_path, "--train_data_dir", tmp_path / "images", "--channels", 3, "--max_train_steps", 2,
+                        "--no_center_crop", "--random_flip", "--normalization", "minus_one_one")
+    out = train(config)
+    pipe = CosineDDIMPipeline.from_pretrained(out)
+    assert pipe.unet.config.in_channels == 3 and pipe.config.image_mean == [0.5, 0.5, 0.5]
+
+
+def _parquet_dataset(folder, rows=24):
+    from datasets import Dataset, Features, Image, Value
+
+    rng = np.random.default_rng(1)
+    images = [PIL.Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), mode="L") for _ in range(rows)]
+    folder.mkdir()
+    Dataset.from_dict({"img": images, "digit": list(range(rows))},
+                      features=Features({"img": Image(), "digit": Value("int64")})).to_parquet(str(folder / "train.parquet"))
+    return folder
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_parquet_dataset_by_path_with_other_column_names(tmp_path, streaming):
+    data = _parquet_dataset(tmp_path / "data")
+    extra = ["--streaming"] if streaming else []
+    out = train(config_for(tmp_path, "--dataset_name", data, "--image_column", "img", "--label_column", "digit",
+                           "--max_train_steps", 2, *extra))
+    assert (out / "model_index.json").exists()
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    # 40 images, batch 8, accumulation 2: 3 optimiser steps per epoch; stop mid-epoch at step 2.
+    common = ["--max_train_steps", 6, "--gradient_accumulation_steps", 2, "--checkpointing_steps", 2,
+              "--lr_scheduler", "cosine", "--lr_warmup_steps", 1, "--random_flip"]
+    straight = train(config_for(tmp_path, *common, name="straight"))
+
+    original = Trainer.save_checkpoint
+
+    def save_then_die(self, step):
+        path = original(self, step)
+        if step == 2:
+            raise KeyboardInterrupt("simulated kill after checkpoint-2")
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(tmp_path, *common, name="resumed"))
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    resumed = train(config_for(tmp_path, *common, "--resume_from_checkpoint", "latest", name="resumed"))
+
+    a, b = unet_weights(straight), unet_weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ckpt_a, ckpt_b = (load_file(str(p / "checkpoint-6" / "model.safetensors")) for p in (straight, resumed))
+    for key in ckpt_a:  # the raw (non-EMA) weights match too
+        assert torch.equal(ckpt_a[key], ckpt_b[key]), key
+
+
+def test_checkpoint_limit_and_a_kill_while_saving_keeps_latest_intact(tmp_path, monkeypatch):
+    out = train(config_for(tmp_path, "--max_train_steps", 4, "--checkpointing_steps", 1, "--checkpoints_total_limit", 2))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+    def broken_save(self, *args, **kwargs):
+        Path(args[0]).mkdir(parents=True, exist_ok=True)
+        (Path(args[0]) / "model.safetensors").write_bytes(b"half a file")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(type(Trainer(config_for(tmp_path, name="probe")).accelerator), "save_state", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(tmp_path, "--max_train_steps", 8, "--checkpointing_steps", 5,
+                         "--resume_from_checkpoint", "latest", "--checkpoints_total_limit", 5))
+    assert trainer_module.find_checkpoint(out, "latest").name == "checkpoint-4"
+    assert (out / ".checkpoint-5.partial").exists()  # the broken one never took a checkpoint-* name
+
+
+def test_existing_output_dir_is_not_overwritten_by_accident(tmp_path):
+    train(config_for(tmp_path, "--max_train_steps", 1))
+    with pytest.raises(ConfigError, match="already holds a trained pipeline.*--resume_from_checkpoint latest"):
+        train(config_for(tmp_path, "--max_train_steps", 1))
+    train(config_for(tmp_path, "--max_train_steps", 1, "--overwrite_output_dir"))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = trainer_module.diffusion_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        losses = real(*args, **kwargs)
+        if calls["n"] >= 4:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer_module, "diffusion_losses", poisoned)
+    config = config_for(tmp_path, "--max_train_steps", 10, "--checkpointing_steps", 2, "--logging_steps", 3)
+    with pytest.raises(FloatingPointError, match=r"at step 4; training stopped. The last good checkpoint is .*checkpoint-2"):
+        train(config)
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (out / "model_index.json").exists()
+
+
+@pytest.mark.parametrize("loss_on, prediction_type", [("image", "epsilon"), ("velocity", "v_prediction"),
+                                                      ("noise", "sample")])
+def test_objectives_train_and_the_saved_scheduler_knows_the_parametrisation(tmp_path, loss_on, prediction_type):
+    out = train(config_for(tmp_path, "--max_train_steps", 2, "--loss", "mse", "--loss_on", loss_on,
+                           "--prediction_type", prediction_type, "--schedule", "linear"))
+    scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == prediction_type and scheduler["schedule"] == "linear"
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path):
+    out = train(config_for(tmp_path, "--max_train_steps", 2, "--mixed_precision", "bf16"))
+    assert all(torch.isfinite(v).all() for v in unet_weights(out).values())
+
+
+def test_two_process_cpu_run(tmp_path):
+    # torchrun is what `accelerate launch --multi_gpu` runs; ACCELERATE_USE_CPU makes Accelerate use gloo on CPU.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+           str(ROOT / "train_ddim.py"), *TINY, "--output_dir", str(tmp_path / "ddp"), "--max_train_steps", "2",
+           "--checkpointing_steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ckpt = tmp_path / "ddp" / "checkpoint-2"
+    for rank in (0, 1):  # each process's RNG and noise-generator state is checkpointed
+        assert (ckpt / f"noise_rng_{rank}.pt").exists() and (ckpt / f"random_states_{rank}.pkl").exists()
+    assert "x 2 processes" in json.loads((tmp_path / "ddp" / "training_summary.json").read_text())["hardware"]
+    assert result.stdout.count("Saved the trained pipeline") == 1
