@@ -140,6 +140,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.started, self.previous_seconds = time.perf_counter(), 0.0
         self.hub_futures = []
+        self.kid_history = []
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
@@ -421,6 +422,7 @@ class Trainer:
             if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0 and accelerator.is_main_process:
                 scores = self.evaluate_kid()
                 accelerator.log(scores, step=global_step)
+                self.kid_history.append({"epoch": epoch + 1, "step": global_step, **scores})
                 progress.write(f"epoch {epoch + 1}: KID {scores['kid']:.4f} ± {scores['kid_std']:.4f}, FID {scores['fid']:.2f}")
         progress.close()
         self._raise_if_not_finite(first_bad)
@@ -446,6 +448,8 @@ class Trainer:
             "num_parameters": sum(p.numel() for p in pipe.unet.parameters()),
             "image_mean": self.image_mean, "image_std": self.image_std,
         }
+        if self.kid_history:
+            summary["kid_history"] = self.kid_history
         (self.output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         repo_id = config.hub_model_id or self.output_dir.resolve().name
         write_model_card(self.output_dir, repo_id if config.push_to_hub else None)
