@@ -45,3 +45,23 @@ def tiny_pipeline(channels: int = 1, size: int = 8, **pipe_kwargs):
     pipe = CosineDDIMPipeline(tiny_unet(channels, size), CosineDDIMScheduler(), **pipe_kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+TINY_ARGS = ["--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "40", "--logger", "none",
+             "--unet", '{"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}',
+             "--num_grid_images", "4", "--grid_inference_steps", "2", "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny pipeline trained through the normal training path (3 steps on 40 digits)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from denoising_diffusion.training import parse_config, train
+
+    out = tmp_path_factory.mktemp("trained") / "digits-tiny"
+    folder = train(parse_config(TINY_ARGS + ["--output_dir", str(out), "--max_train_steps", "3",
+                                             "--checkpointing_steps", "2"]))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return folder

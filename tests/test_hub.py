@@ -14,21 +14,6 @@ from test_training import ROOT, TINY
 SECRET = "hf_test_secret_token_0123456789"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny trained pipeline folder (through the normal training path)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    from denoising_diffusion.training import parse_config, train
-
-    out = tmp_path_factory.mktemp("trained") / "digits-tiny"
-    folder = train(parse_config(TINY + ["--output_dir", str(out), "--max_train_steps", "3",
-                                        "--checkpointing_steps", "2"]))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return folder
-
-
 def run(args, hub, tmp_path, check=True):
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_XET": "1",
            "TQDM_DISABLE": "1"}

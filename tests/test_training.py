@@ -10,14 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_ARGS
 from denoising_diffusion import CosineDDIMPipeline
 from denoising_diffusion.training import ConfigError, Trainer, parse_config, train
 from denoising_diffusion.training import trainer as trainer_module
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "40", "--logger", "none",
-        "--unet", json.dumps({"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}),
-        "--num_grid_images", "4", "--grid_inference_steps", "2", "--logging_steps", "1"]
+TINY = TINY_ARGS
 
 
 def config_for(tmp_path, *extra, name="run"):

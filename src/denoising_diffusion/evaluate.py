@@ -71,6 +71,9 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features: st
     extractor = feature_extractor(features, inception_weights).to(device)
     real = real_images(config, num_real)
     real_features = extract_features(real, extractor, batch_size)
+    # The floor: KID between two random halves of the real images (what a perfect model scores).
+    halves = real_features[torch.randperm(len(real_features), generator=torch.Generator().manual_seed(seed))]
+    floor = kid_fid(halves[: len(halves) // 2], halves[len(halves) // 2:], subset_size=min(num_samples, 1000))
     rows = []
     for n in steps:
         fake, seconds = generate(pipe, num_samples, n, batch_size=batch_size, seed=seed)
@@ -79,6 +82,7 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features: st
     result = {
         "model": str(model), "dataset": config.train_data_dir or config.dataset_name, "num_real": len(real),
         "num_samples": num_samples, "features": features, "seed": seed, "device": str(device),
+        "real_vs_real": {"kid": floor["kid"], "kid_std": floor["kid_std"], "fid": floor["fid"]},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
@@ -94,6 +98,9 @@ def markdown_table(result: dict) -> str:
     for row in result["results"]:
         lines.append(f"| {row['steps']} | {row['kid']:.4f} ± {row['kid_std']:.4f} | {row['fid']:.3f} | "
                      f"{row['seconds']:.1f} | {row['images_per_second']:.1f} |")
+    if "real_vs_real" in result:
+        floor = result["real_vs_real"]
+        lines.append(f"| real vs real | {floor['kid']:.4f} ± {floor['kid_std']:.4f} | {floor['fid']:.3f} | | |")
     return "\n".join(lines)
 
 

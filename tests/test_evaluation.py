@@ -1,0 +1,107 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from denoising_diffusion.evaluation.features import (
+    DigitsFeatures, _digits_split, cache_dir, feature_extractor, load_digits_classifier,
+)
+from denoising_diffusion.evaluation.kid import extract_features, kid_fid
+
+
+def test_digits_classifier_is_accurate_and_cached():
+    model, accuracy = load_digits_classifier()
+    assert accuracy >= 0.95
+    assert (cache_dir() / "digits_classifier_v1.safetensors").exists()
+    again, accuracy_again = load_digits_classifier()
+    assert accuracy_again == accuracy
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    _, x_test, _, y_test = _digits_split()
+    upscaled = torch.nn.functional.interpolate(x_test, size=(16, 16), mode="bilinear")  # as generated images are
+    with torch.no_grad():
+        assert (again(upscaled).argmax(1) == y_test).float().mean() >= 0.9
+
+
+def test_kid_separates_real_from_unlike_images():
+    _, x_test, _, _ = _digits_split()
+    features = DigitsFeatures()
+    real = extract_features(x_test, features)
+    half = len(real) // 2
+    same = kid_fid(real[:half], real[half:], subset_size=200)
+    blurred = extract_features(torch.nn.functional.avg_pool2d(x_test, 3, 1, 1), features)
+    noise = extract_features(torch.rand(len(x_test), 1, 8, 8, generator=torch.Generator().manual_seed(0)), features)
+    worse = kid_fid(real[:half], blurred[half:], subset_size=200)
+    worst = kid_fid(real[:half], noise[half:], subset_size=200)
+    assert abs(same["kid"]) < 3 * same["kid_std"] + 1e-3  # indistinguishable from zero
+    for other in (worse, worst):
+        assert other["kid"] > 20 * (abs(same["kid"]) + same["kid_std"])
+        assert other["fid"] > 5 * same["fid"]
+
+
+def test_inception_without_weights_or_package_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
+    with pytest.raises(RuntimeError, match="(torch-fidelity|inception_weights)"):
+        feature_extractor("inception")
+    with pytest.raises(ValueError, match="Unknown features 'clip'"):
+        feature_extractor("clip")
+
+
+def test_evaluate_command_prints_a_table_and_writes_json(trained, tmp_path):
+    out = tmp_path / "eval.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "denoising_diffusion.evaluate", "--model", str(trained), "--steps", "2", "4",
+         "--num_samples", "40", "--output", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| steps | KID | FID | time (s) | images/s |" in result.stdout
+    assert "| real vs real |" in result.stdout
+    data = json.loads(out.read_text())
+    assert [row["steps"] for row in data["results"]] == [2, 4]
+    assert data["features"] == "digits" and data["num_real"] == 1797  # the whole dataset the model was trained on
+    assert all(row["kid"] > data["real_vs_real"]["kid"] for row in data["results"])
+    assert data["feature_extractor_test_accuracy"] >= 0.95
+
+
+def test_kid_every_epoch_during_training(tmp_path):
+    from denoising_diffusion.training import parse_config, train
+    from test_training import TINY
+
+    # 40 images / batch 8 = 5 steps per epoch; 10 steps = 2 epochs = 2 evaluations.
+    out = train(parse_config(TINY + ["--output_dir", str(tmp_path / "run"), "--max_train_steps", "10",
+                                     "--eval_every_epochs", "1", "--eval_num_samples", "16",
+                                     "--eval_inference_steps", "2"]))
+    history = json.loads((out / "training_summary.json").read_text())["kid_history"]
+    assert [h["epoch"] for h in history] == [1, 2] and [h["step"] for h in history] == [5, 10]
+    assert all(h["kid"] == h["kid"] and h["fid"] > 0 for h in history)  # finite numbers
+
+
+def test_sweep_trains_each_combination_and_tabulates(tmp_path):
+    from denoising_diffusion.sweep import run_sweep
+    from test_training import ROOT
+
+    spec = {
+        "base_config": str(ROOT / "configs/digits.yaml"), "output_dir": str(tmp_path / "grid"),
+        "overrides": {"max_train_steps": 2, "resolution": 8, "max_train_samples": 40, "logger": "none",
+                      "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4},
+                      "num_grid_images": 4, "grid_inference_steps": 2},
+        "grid": {"loss": ["mse", "mae"], "loss_on": ["noise"], "schedule": ["cosine", "linear"]},
+        "evaluation": {"num_samples": 24, "inference_steps": 2, "validation_batches": 1, "samples_per_row": 3},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    results = run_sweep(str(path))
+    assert [(r["loss"], r["schedule"]) for r in results] == [("mse", "cosine"), ("mse", "linear"),
+                                                            ("mae", "cosine"), ("mae", "linear")]
+    for combo in ["mse-noise-cosine", "mae-noise-linear"]:
+        config = yaml.safe_load((tmp_path / "grid" / combo / "training_config.yaml").read_text())
+        assert config["loss"] == combo.split("-")[0] and config["schedule"] == combo.split("-")[2]
+    csv_lines = (tmp_path / "grid" / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("loss,loss_on,schedule,noise_loss,image_loss,kid") and len(csv_lines) == 5
+    assert "Lowest KID" in (tmp_path / "grid" / "results.md").read_text()
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "grid" / "samples.png")
+    assert grid.height >= 4 * 48  # one row per run
