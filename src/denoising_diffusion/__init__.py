@@ -4,7 +4,10 @@ from .models.unet_continuous import ContinuousUNet2DModel
 from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from .schedulers.noise_schedule import signal_noise_rates
 from .schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
+from .schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
 
 __version__ = "0.1.0"
 
-__all__ = ["ContinuousUNet2DModel", "CosineDDIMPipeline", "CosineDDIMScheduler", "signal_noise_rates"]
+__all__ = [
+    "ContinuousUNet2DModel", "CosineDDIMPipeline", "CosineDDIMScheduler", "CosineDPMSolverScheduler", "signal_noise_rates",
+]

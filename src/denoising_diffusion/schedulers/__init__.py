@@ -1,4 +1,5 @@
 from .noise_schedule import SCHEDULES, signal_noise_rates
 from .scheduling_cosine_ddim import CosineDDIMScheduler
+from .scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
 
-__all__ = ["SCHEDULES", "CosineDDIMScheduler", "signal_noise_rates"]
+__all__ = ["SCHEDULES", "CosineDDIMScheduler", "CosineDPMSolverScheduler", "signal_noise_rates"]
