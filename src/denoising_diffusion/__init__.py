@@ -1,7 +1,7 @@
 """Denoising Diffusion Implicit Models as first-class Hugging Face diffusers components."""
 
 from .models.unet_continuous import ContinuousUNet2DModel
-from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
+from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline, slerp
 from .schedulers.noise_schedule import signal_noise_rates
 from .schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
@@ -9,5 +9,5 @@ from .schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
 __version__ = "0.1.0"
 
 __all__ = [
-    "ContinuousUNet2DModel", "CosineDDIMPipeline", "CosineDDIMScheduler", "CosineDPMSolverScheduler", "signal_noise_rates",
+    "ContinuousUNet2DModel", "CosineDDIMPipeline", "CosineDDIMScheduler", "CosineDPMSolverScheduler", "signal_noise_rates", "slerp",
 ]

@@ -1,3 +1,3 @@
-from .pipeline_cosine_ddim import CosineDDIMPipeline
+from .pipeline_cosine_ddim import CosineDDIMPipeline, slerp
 
-__all__ = ["CosineDDIMPipeline"]
+__all__ = ["CosineDDIMPipeline", "slerp"]

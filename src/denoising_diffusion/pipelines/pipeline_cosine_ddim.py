@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
@@ -51,6 +52,24 @@ def _bundle_module(module_file: Path, target_dir: Path) -> str:
 
         (target_dir / source.name).write_text(_RELATIVE_IMPORT.sub(flatten, text), encoding="utf-8")
     return module_file.stem
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, weights) -> torch.Tensor:
+    """Spherical interpolation between noises `start` and `end` (same shape) at each weight in [0, 1].
+
+    Returns shape `(len(weights), *start.shape)`. Gaussian noise lives near a sphere; moving along
+    it (rather than the straight chord, whose midpoint has too small a norm) keeps every frame a
+    plausible starting noise (Shoemake 1985; Song et al. 2020, Sec. 5.3).
+    """
+    weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    a, b = start.double().flatten(), end.double().flatten()
+    cos = torch.clamp(torch.dot(a, b) / (a.norm() * b.norm()), -1.0, 1.0)
+    theta = torch.arccos(cos)
+    if theta < 1e-6:  # (nearly) parallel: the chord is the arc
+        out = (1 - weights)[:, None] * a + weights[:, None] * b
+    else:
+        out = (torch.sin((1 - weights) * theta)[:, None] * a + torch.sin(weights * theta)[:, None] * b) / torch.sin(theta)
+    return out.reshape(len(weights), *start.shape).to(start.dtype)
 
 
 class CosineDDIMPipeline(DiffusionPipeline):
@@ -109,6 +128,37 @@ class CosineDDIMPipeline(DiffusionPipeline):
         array = images.cpu().permute(0, 2, 3, 1).numpy()
         return self.numpy_to_pil(array) if output_type == "pil" else array
 
+    # ------------------------------------------------------------------ the denoiser
+    @property
+    def null_class_label(self) -> int | None:
+        """The "no class" label of a class-conditional UNet (its last class embedding), else None."""
+        n = self.unet.config.num_class_embeds
+        return None if n is None else n - 1
+
+    def _class_labels(self, class_labels, batch_size: int) -> torch.Tensor | None:
+        null = self.null_class_label
+        if class_labels is None:
+            return None if null is None else torch.full((batch_size,), null, device=self._execution_device)
+        if null is None:
+            raise ValueError("class_labels were given, but this model is unconditional (its UNet has no num_class_embeds).")
+        labels = torch.as_tensor(class_labels, device=self._execution_device).long().reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(batch_size)
+        if labels.numel() != batch_size:
+            raise ValueError(f"Got {labels.numel()} class_labels for batch_size={batch_size}; give one or one per image.")
+        if labels.min() < 0 or labels.max() >= null:
+            raise ValueError(f"class_labels must be in [0, {null - 1}] for this model, got {labels.tolist()}.")
+        return labels
+
+    def predict(self, sample: torch.Tensor, t, labels: torch.Tensor | None = None, guidance_scale: float = 1.0):
+        """The UNet's output at time `t`, with classifier-free guidance when `guidance_scale != 1`."""
+        null = self.null_class_label
+        if labels is None or guidance_scale == 1.0 or bool((labels == null).all()):
+            return self.unet(sample, t, class_labels=labels).sample
+        both = self.unet(torch.cat([sample, sample]), t, class_labels=torch.cat([labels, torch.full_like(labels, null)])).sample
+        cond, uncond = both.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -119,6 +169,8 @@ class CosineDDIMPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         latents: torch.Tensor | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images from Gaussian noise.
 
@@ -134,6 +186,11 @@ class CosineDDIMPipeline(DiffusionPipeline):
             latents (`torch.Tensor`, *optional*): the starting noise, shape (B, C, H, W), instead of
                 drawing it (e.g. fixed noise to compare samples across training); its B wins over
                 `batch_size`.
+            class_labels (`int`, list or tensor, *optional*): for class-conditional models, the class
+                of each image (one value is used for all). Omitted: unconditional samples (the model's
+                "no class" embedding, the last one, learned by dropping labels in training).
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance (Ho & Salimans 2022):
+                `uncond + guidance_scale * (cond - uncond)`; 1.0 is plain conditional sampling.
 
         Returns:
             [`~pipelines.ImagePipelineOutput`] with `images`, or `(images,)`.
@@ -153,9 +210,10 @@ class CosineDDIMPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
         image = latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
+        labels = self._class_labels(class_labels, batch_size)
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         for t in self.progress_bar(self.scheduler.timesteps):
-            model_output = self.unet(self.scheduler.scale_model_input(image, t), t).sample
+            model_output = self.predict(self.scheduler.scale_model_input(image, t), t, labels, guidance_scale)
             image = self.scheduler.step(model_output, t, image, eta=eta, generator=generator).prev_sample
 
         images = self.to_output(self.denormalize(image), output_type)
@@ -163,6 +221,59 @@ class CosineDDIMPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    # ------------------------------------------------------------------ inversion and interpolation
+    def _as_tensor_images(self, images) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            return images
+        arrays = [np.asarray(image, dtype=np.float32) / 255.0 for image in images]
+        arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def invert(self, images, num_inference_steps: int = 50, class_labels=None) -> torch.Tensor:
+        """Deterministic DDIM run backwards: the noise that regenerates `images`.
+
+        Args:
+            images: (B, C, H, W) tensor in [0, 1], or a list of PIL images.
+            num_inference_steps: steps of the inversion (use the same when regenerating).
+            class_labels: for class-conditional models, the images' classes.
+
+        Returns:
+            Latents (B, C, H, W) such that `pipe(latents=..., num_inference_steps=...,
+            eta=0)` approximately gives `images` back. Each step from time s to t > s uses the
+            model's prediction at the current sample (x_s, t), the usual explicit DDIM inversion;
+            its error shrinks as `num_inference_steps` grows.
+        """
+        x = self.normalize(self._as_tensor_images(images).to(self._execution_device)).to(self.unet.dtype)
+        labels = self._class_labels(class_labels, x.shape[0])
+        scheduler = self.scheduler
+        scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        times = list(scheduler.timesteps.flip(0))  # 1/N, 2/N, ..., 1
+        previous = 0.0
+        for t in self.progress_bar(times):
+            x0_hat, eps_hat = scheduler.convert_model_output(self.predict(x, t, labels).float(), t, x.float())
+            if previous > 0:  # the sample lies at `previous`: re-derive x0 there from the same noise estimate
+                alpha_s, sigma_s = scheduler._rates(previous, x)
+                x0_hat = (x.float() - sigma_s * eps_hat) / alpha_s
+            else:
+                x0_hat = x.float()  # the first step starts from the clean images themselves
+            alpha_t, sigma_t = scheduler._rates(t, x)
+            x = (alpha_t * x0_hat + sigma_t * eps_hat).to(self.unet.dtype)
+            previous = float(t)
+        return x
+
+    @torch.no_grad()
+    def interpolate(self, start, end, num_frames: int = 8, num_inference_steps: int = 20, output_type: str = "pil",
+                    class_labels=None, guidance_scale: float = 1.0):
+        """Images along the spherical path between two noises (B=1 latents, shape (1, C, H, W)).
+
+        To interpolate between two images, invert them first: `pipe.interpolate(pipe.invert(a, n),
+        pipe.invert(b, n), num_inference_steps=n)`. Returns `num_frames` images in `output_type`.
+        """
+        frames = slerp(start[0], end[0], torch.linspace(0, 1, num_frames))
+        return self(latents=frames, num_inference_steps=num_inference_steps, output_type=output_type,
+                    class_labels=class_labels, guidance_scale=guidance_scale).images
 
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):

@@ -78,6 +78,12 @@ class TrainingConfig:
     prediction_type: str = field(default="epsilon", metadata={"help": "'epsilon', 'sample' or 'v_prediction'."})
     loss: str = field(default="mae", metadata={"help": "'mae' or 'mse'."})
     loss_on: str = field(default="noise", metadata={"help": "'noise', 'image' or 'velocity'."})
+    snr_gamma: Optional[float] = field(
+        default=None, metadata={"help": "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; off by default."}
+    )
+    cond_drop_prob: float = field(
+        default=0.1, metadata={"help": "Class-conditional models: chance a label is replaced by 'no class' (CFG)."}
+    )
 
     # -- optimisation (the Keras DDIM example's AdamW)
     train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
@@ -157,6 +163,15 @@ class TrainingConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} is not valid; expected an integer >= 1.")
         if self.max_train_steps is not None and self.max_train_steps < 1:
             raise ConfigError(f"max_train_steps={self.max_train_steps} is not valid; expected an integer >= 1.")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ConfigError(f"cond_drop_prob={self.cond_drop_prob} is not valid; expected a value in [0, 1).")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ConfigError(f"snr_gamma={self.snr_gamma} is not valid; expected a positive number (or unset).")
+        if self.unet.get("num_class_embeds") and not self.label_column:
+            raise ConfigError(
+                f"unet.num_class_embeds={self.unet['num_class_embeds']} makes a class-conditional model, "
+                "which needs label_column (the dataset column holding the classes)."
+            )
         if self.streaming and self.max_train_steps is None:
             raise ConfigError("streaming=True needs max_train_steps: a streamed dataset has no known length.")
         for name in ("in_channels", "out_channels", "sample_size"):

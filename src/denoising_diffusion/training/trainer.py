@@ -63,22 +63,35 @@ def build_scheduler(config: TrainingConfig) -> CosineDDIMScheduler:
 
 def diffusion_losses(unet, scheduler: CosineDDIMScheduler, x0: torch.Tensor, config: TrainingConfig,
                      generator: torch.Generator, class_labels=None) -> dict[str, torch.Tensor]:
-    """The training loss and the seeds' diagnostics (MAE on noise and on image) for one batch x0."""
+    """The training loss and the seeds' diagnostics (MAE on noise and on image) for one batch x0.
+
+    With `snr_gamma`, each image's loss is weighted by Min-SNR-gamma (Hang et al. 2023), expressed
+    for the target: min(SNR, g) / SNR on the noise, min(SNR, g) on the image, min(SNR, g) / (SNR + 1)
+    on the velocity, where SNR = alpha_t^2 / sigma_t^2.
+    """
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     prediction = unet(noisy, t, class_labels=class_labels).sample.float()
     x0_hat, eps_hat = scheduler.convert_model_output(prediction, t, noisy)
+    signal, sigma = scheduler._rates(t, x0)
     if config.loss_on == "noise":
         estimate, target = eps_hat, noise
     elif config.loss_on == "image":
         estimate, target = x0_hat, x0
     else:
-        signal, sigma = scheduler._rates(t, x0)
         estimate, target = signal * eps_hat - sigma * x0_hat, scheduler.get_velocity(x0, noise, t)
     loss_fn = F.l1_loss if config.loss == "mae" else F.mse_loss
+    if config.snr_gamma is None:
+        loss = loss_fn(estimate, target)
+    else:
+        snr = (signal / sigma).flatten() ** 2
+        clipped = torch.clamp(snr, max=config.snr_gamma)
+        weight = {"noise": clipped / snr, "image": clipped, "velocity": clipped / (snr + 1)}[config.loss_on]
+        per_image = loss_fn(estimate, target, reduction="none").flatten(1).mean(1)
+        loss = (weight * per_image).mean()
     return {
-        "loss": loss_fn(estimate, target),
+        "loss": loss,
         "noise_loss": F.l1_loss(eps_hat.detach(), noise),
         "image_loss": F.l1_loss(x0_hat.detach(), x0),
     }
@@ -168,6 +181,7 @@ class Trainer:
         self._check_output_dir()
         set_seed(config.seed)
         self.unet = build_unet(config)
+        self.unet_config = self.unet.config
         self.noise_scheduler = build_scheduler(config)
         self.dataset, _ = prepare_dataset(config)
         if config.normalization == "dataset":
@@ -175,6 +189,8 @@ class Trainer:
         else:
             self.image_mean, self.image_std = [0.5] * config.channels, [0.5] * config.channels
         self.use_labels = config.label_column is not None and self.unet.config.num_class_embeds is not None
+        if self.use_labels:
+            self._check_labels()
 
         self.ema = None
         if config.use_ema:
@@ -252,6 +268,29 @@ class Trainer:
         pipe = self.pipeline()
         fake, _ = generate(pipe, config.eval_num_samples, config.eval_inference_steps, seed=config.seed)
         return kid_fid(self.real_features, extract_features(fake, self.kid_features))
+
+    def _check_labels(self):
+        """Class labels must be integers below the UNet's "no class" embedding (its last one)."""
+        config = self.config
+        null = self.unet.config.num_class_embeds - 1
+        if config.streaming:
+            labels = torch.as_tensor([next(iter(self.dataset))["labels"]])
+        else:  # read the column without decoding images
+            plain = self.dataset.with_format(None)
+            labels = torch.as_tensor(plain["labels" if "labels" in plain.column_names else config.label_column])
+        if labels.is_floating_point() or labels.min() < 0 or labels.max() >= null:
+            raise ConfigError(
+                f"label_column={config.label_column!r} holds labels from {labels.min().item()} to {labels.max().item()}, "
+                f"but unet.num_class_embeds={null + 1} allows 0..{null - 1} (the last embedding means 'no class'); "
+                f"set num_class_embeds to the number of classes + 1."
+            )
+
+    def labels_for_training(self, labels: torch.Tensor) -> torch.Tensor:
+        """Replace each label by "no class" with probability cond_drop_prob (classifier-free guidance)."""
+        if self.config.cond_drop_prob <= 0:
+            return labels
+        drop = torch.rand(labels.shape[0], generator=self.generator, device=labels.device) < self.config.cond_drop_prob
+        return torch.where(drop, torch.full_like(labels, self.unet_config.num_class_embeds - 1), labels)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int) -> Path:
@@ -378,7 +417,7 @@ class Trainer:
             for batch in loader:
                 with accelerator.accumulate(self.unet):
                     x0 = self.to_model_space(batch["pixel_values"])
-                    labels = batch["labels"].to(device) if self.use_labels else None
+                    labels = self.labels_for_training(batch["labels"].to(device)) if self.use_labels else None
                     losses = diffusion_losses(self.unet, self.noise_scheduler, x0, config, self.generator, labels)
                     accelerator.backward(losses["loss"])
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
