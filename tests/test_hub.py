@@ -110,3 +110,15 @@ pipe.push_to_hub("someone/via-pipeline", token={SECRET!r})
         files = set(hub.repos["someone/via-pipeline"]["files"])
     assert {"pipeline_cosine_ddim.py", "unet/unet_continuous.py", "scheduler/scheduling_cosine_ddim.py",
             "unet/diffusion_pytorch_model.safetensors", "model_index.json"} <= files
+
+
+def test_failed_push_at_the_end_of_training_keeps_the_run_and_says_how_to_retry(tmp_path):
+    out = tmp_path / "run"
+    with FakeHub() as hub:
+        hub.fail_commits = True
+        result = run([str(ROOT / "train_ddim.py"), *TINY, "--output_dir", str(out), "--max_train_steps", "2",
+                      "--push_to_hub", "--hub_model_id", "someone/run", "--hub_token", SECRET], hub, tmp_path, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"retry with: python -m denoising_diffusion.hub push {out} --repo_id someone/run" in result.stderr
+    assert (out / "model_index.json").exists() and (out / "README.md").exists()

@@ -56,11 +56,15 @@ def real_images(config: TrainingConfig, limit: int) -> torch.Tensor:
     return dataset.select(range(count))[:]["pixel_values"].float().div(255.0)
 
 
-def evaluate(model: str, steps: list[int], num_samples: int = 1000, features: str = "auto",
+def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="auto",
              dataset: str | None = None, image_column: str | None = None, train_data_dir: str | None = None,
              inception_weights: str | None = None, num_real: int = 10000, batch_size: int = 256, seed: int = 0,
              device: str | None = None) -> dict:
-    """KID/FID of `model`'s samples at each step count; returns a JSON-ready dict."""
+    """KID/FID of `model`'s samples at each step count; returns a JSON-ready dict.
+
+    `features` is "auto", "digits", "inception" or any `nn.Module` mapping images (N, C, H, W) in
+    [0, 1] to features (N, D).
+    """
     folder = model_folder(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = CosineDDIMPipeline.from_pretrained(folder).to(device)
@@ -68,7 +72,10 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features: st
     config = data_config(folder, pipe, dataset, image_column, train_data_dir)
     if features == "auto":
         features = "digits" if config.dataset_name == BUILTIN_DATASET and not config.train_data_dir else "inception"
-    extractor = feature_extractor(features, inception_weights).to(device)
+    if isinstance(features, torch.nn.Module):
+        extractor, features = features.to(device), type(features).__name__
+    else:
+        extractor = feature_extractor(features, inception_weights).to(device)
     real = real_images(config, num_real)
     real_features = extract_features(real, extractor, batch_size)
     # The floor: KID between two random halves of the real images (what a perfect model scores).

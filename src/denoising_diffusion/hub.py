@@ -86,6 +86,10 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     return path
 
 
+class PushError(RuntimeError):
+    """A push to the Hub failed; the message says how to retry. Local files are untouched."""
+
+
 def retry_command(folder: str | Path, repo_id: str, private: bool | None) -> str:
     return (f"python -m denoising_diffusion.hub push {folder} --repo_id {repo_id}"
             + (" --private" if private else ""))
@@ -111,7 +115,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, t
         return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
                                  ignore_patterns=PUSH_IGNORE, run_as_future=run_as_future)
     except Exception as error:  # noqa: BLE001 - any failure: keep files, explain the retry
-        raise RuntimeError(
+        raise PushError(
             f"Pushing {folder} to {repo_id} failed ({type(error).__name__}: {error}). Every local file is kept; "
             f"retry with: {retry_command(folder, repo_id, private)}"
         ) from error
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         info = push_folder(args.folder, args.repo_id, private=args.private or None, token=args.token)
-    except (RuntimeError, FileNotFoundError) as error:
+    except (PushError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     print(f"Pushed {args.folder}: {info.commit_url}")
 

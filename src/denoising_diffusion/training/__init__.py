@@ -10,10 +10,12 @@ __all__ = ["ConfigError", "Trainer", "TrainingConfig", "main", "parse_config", "
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: `train_ddim.py [--config FILE.yaml] [--key value ...]`."""
+    from ..hub import PushError
+
     try:
         config = parse_config(argv)
         output_dir = train(config)
-    except ConfigError as error:
+    except (ConfigError, PushError) as error:
         sys.exit(f"error: {error}")
     from accelerate import PartialState
 

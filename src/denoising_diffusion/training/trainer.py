@@ -38,6 +38,7 @@ from .data import pixel_statistics, prepare_dataset
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+WARMUP_STEPS = 20  # optimiser steps left out of the measured training throughput
 
 
 def build_unet(config: TrainingConfig) -> ContinuousUNet2DModel:
@@ -154,6 +155,7 @@ class Trainer:
         self.started, self.previous_seconds = time.perf_counter(), 0.0
         self.hub_futures = []
         self.kid_history = []
+        self.train_images_per_second = None
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
@@ -384,6 +386,11 @@ class Trainer:
         mean, std = self.stats
         return (x - mean) / std
 
+    def _synchronized_clock(self) -> float:
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+        return time.perf_counter()
+
     def _raise_if_not_finite(self, first_bad: torch.Tensor):
         bad = int(first_bad.item())
         if bad:
@@ -405,6 +412,8 @@ class Trainer:
         running_count, images_seen, clock = 0, 0, time.perf_counter()
         progress = tqdm(total=self.max_train_steps, initial=global_step, desc="Training", dynamic_ncols=True,
                         disable=not accelerator.is_local_main_process)
+        # Throughput after a warm-up of WARMUP_STEPS optimiser steps (start-up and allocation excluded).
+        warm_step, warm_clock = global_step + WARMUP_STEPS, None
 
         for epoch in range(first_epoch, self.num_epochs):
             if global_step >= self.max_train_steps:
@@ -437,6 +446,8 @@ class Trainer:
                 not_finite = ~torch.isfinite(losses["loss"].detach())
                 first_bad = torch.where((first_bad == 0) & not_finite, torch.full_like(first_bad, global_step), first_bad)
                 progress.update(1)
+                if global_step == warm_step:
+                    warm_clock = self._synchronized_clock()
 
                 if global_step % config.logging_steps == 0 or global_step == self.max_train_steps:
                     self._raise_if_not_finite(first_bad)
@@ -464,6 +475,10 @@ class Trainer:
                 self.kid_history.append({"epoch": epoch + 1, "step": global_step, **scores})
                 progress.write(f"epoch {epoch + 1}: KID {scores['kid']:.4f} ± {scores['kid_std']:.4f}, FID {scores['fid']:.2f}")
         progress.close()
+        if warm_clock is not None and global_step > warm_step:
+            images = ((global_step - warm_step) * config.train_batch_size * config.gradient_accumulation_steps
+                      * accelerator.num_processes)
+            self.train_images_per_second = images / (self._synchronized_clock() - warm_clock)
         self._raise_if_not_finite(first_bad)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -487,6 +502,8 @@ class Trainer:
             "num_parameters": sum(p.numel() for p in pipe.unet.parameters()),
             "image_mean": self.image_mean, "image_std": self.image_std,
         }
+        if self.train_images_per_second is not None:
+            summary["train_images_per_second"] = round(self.train_images_per_second, 2)
         if self.kid_history:
             summary["kid_history"] = self.kid_history
         (self.output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

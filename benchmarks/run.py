@@ -1,0 +1,280 @@
+"""Ours vs the stock diffusers recipe on the same machine, side by side in one run.
+
+    python benchmarks/run.py [--quick] [--steps N] [--device cuda] [--config configs/digits.yaml]
+
+Stock recipe = diffusers' `examples/unconditional_image_generation/train_unconditional.py` defaults:
+`UNet2DModel` (residual blocks with self-attention at the middle resolution and in the mid block),
+`DDPMScheduler` (1000 steps, linear betas), epsilon prediction, MSE, AdamW (lr 1e-4, betas 0.95/0.999,
+weight decay 1e-6), cosine LR with 500 warm-up steps, EMA (inv_gamma 1, power 3/4), data in [-1, 1],
+sampled with `DDIMPipeline`. Its widths are chosen so its parameter count is within 10% of ours.
+Both train on the same data, batch size and number of steps.
+
+Measures: (1) KID at 10/20/50 sampling steps for both (digits features for the built-in digits,
+otherwise Inception); (2) training images/s after warm-up; (3) sampling images/s at 20 steps,
+batch 256; (4) the machine's measured matmul peak, the models' FLOPs per image
+(torch.utils.flop_counter) and the fraction of peak each run achieves. Writes
+benchmarks/results/run-<machine>.json and prints a markdown table.
+"""
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_tag  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak(device: str, dtype=torch.float32, n: int = 2048, repeats: int = 10) -> float:
+    """Measured dense matmul throughput in FLOP/s (n x n x n products)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def flops_per_image(model, sample_shape, time_input, device) -> dict:
+    """Forward FLOPs for one image, and training FLOPs (~3x forward: forward + backward)."""
+    x = torch.randn(1, *sample_shape, device=device)
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            model(x, time_input).sample
+    forward = counter.get_total_flops()
+    return {"forward": forward, "train": 3 * forward}
+
+
+def stock_unet(sample_size: int, channels: int, target_params: int):
+    """The stock UNet2DModel closest to `target_params` (within 10%), widths (32, 64, w)."""
+    from diffusers import UNet2DModel
+
+    best = None
+    for last in range(48, 257, 8):
+        model = UNet2DModel(
+            sample_size=sample_size, in_channels=channels, out_channels=channels, layers_per_block=2,
+            block_out_channels=(32, 64, last), down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+        )
+        params = sum(p.numel() for p in model.parameters())
+        if best is None or abs(params - target_params) < abs(best[1] - target_params):
+            best = (model, params)
+    assert abs(best[1] / target_params - 1) <= 0.10, best[1]
+    return best[0]
+
+
+def train_stock(config, steps: int, device: str, log_every: int = 50):
+    """train_unconditional.py's loop (single process) on our prepared data; returns (pipeline, images/s)."""
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from denoising_diffusion.training.data import prepare_dataset
+    from denoising_diffusion.training.trainer import build_unet
+
+    torch.manual_seed(config.seed)
+    ours_params = sum(p.numel() for p in build_unet(config).parameters())
+    model = stock_unet(config.resolution, config.channels, ours_params).to(device)
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=min(500, steps // 10),
+                                 num_training_steps=steps)
+    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+    dataset, _ = prepare_dataset(config)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True)
+    step, images, warm_start = 0, 0, None
+    while step < steps:
+        for batch in loader:
+            x0 = batch["pixel_values"].to(device).float() / 127.5 - 1.0
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, 1000, (x0.shape[0],), device=device)
+            noisy = noise_scheduler.add_noise(x0, noise, t)
+            loss = F.mse_loss(model(noisy, t).sample, noise)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.step(model.parameters())
+            step += 1
+            if step == 20:
+                sync(device)
+                warm_start = time.perf_counter()
+            elif step > 20:
+                images += x0.shape[0]
+            if step % log_every == 0:
+                print(f"  stock step {step}/{steps} loss {loss.item():.4f}", flush=True)
+            if step >= steps:
+                break
+    sync(device)
+    throughput = images / (time.perf_counter() - warm_start)
+    ema.copy_to(model.parameters())
+    pipe = DDIMPipeline(model.eval(), DDIMScheduler.from_config(noise_scheduler.config)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, throughput
+
+
+def train_ours(config, steps: int, output_dir: Path):
+    """Our real training path; its summary records images/s after 20 warm-up steps."""
+    from denoising_diffusion import CosineDDIMPipeline
+    from denoising_diffusion.training import train
+
+    config = copy.deepcopy(config)
+    config.max_train_steps, config.output_dir, config.overwrite_output_dir = steps, str(output_dir), True
+    config.logger, config.checkpointing_steps, config.save_images_steps = "none", 10**9, 10**9
+    config.logging_steps = 10**9  # no host syncs for logging inside the timed loop
+    out = train(config)
+    throughput = json.loads((out / "training_summary.json").read_text())["train_images_per_second"]
+    pipe = CosineDDIMPipeline.from_pretrained(out).to("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, throughput
+
+
+@torch.no_grad()
+def sampling_throughput(pipe, device: str, batch: int = 256, steps: int = 20) -> float:
+    generator = torch.Generator(device).manual_seed(0)
+    pipe(batch_size=8, num_inference_steps=2, generator=generator, output_type="pt")  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    pipe(batch_size=batch, num_inference_steps=steps, generator=generator, output_type="pt")
+    sync(device)
+    return batch / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def kid_table(pipe, real_features, extractor, step_counts, num_samples, device, stock: bool):
+    from denoising_diffusion.evaluation.kid import extract_features, kid_fid
+
+    rows = {}
+    for steps in step_counts:
+        images = []
+        generator = torch.Generator(device).manual_seed(0)
+        for start in range(0, num_samples, 256):
+            n = min(256, num_samples - start)
+            out = pipe(batch_size=n, num_inference_steps=steps, generator=generator, output_type="pt" if not stock else "np")
+            batch = out.images if not stock else torch.from_numpy(out.images).permute(0, 3, 1, 2)
+            images.append(batch.float().cpu())
+        rows[steps] = kid_fid(real_features, extract_features(torch.cat(images), extractor))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs/digits.yaml"))
+    parser.add_argument("--steps", type=int, default=None, help="Training steps for both (default: the config's).")
+    parser.add_argument("--quick", action="store_true", help="300 training steps, 500 KID samples.")
+    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output_dir", default=str(ROOT / "outputs" / "benchmark"))
+    args = parser.parse_args()
+
+    from denoising_diffusion.evaluation.features import feature_extractor
+    from denoising_diffusion.evaluation.kid import extract_features
+    from denoising_diffusion.training import parse_config
+    from denoising_diffusion.training.data import prepare_dataset
+    from denoising_diffusion.training.trainer import build_unet
+
+    config = parse_config(["--config", args.config])
+    if args.device == "cpu":
+        config.mixed_precision = "no"
+    per_epoch = math.ceil(1797 / config.train_batch_size)
+    steps = args.steps or (300 if args.quick else config.num_epochs * per_epoch)
+    num_samples = 500 if args.quick else args.num_samples
+    device = args.device
+    info = machine_info()
+    print(f"machine: {info}")
+    print(f"training steps: {steps}, batch {config.train_batch_size}, KID samples: {num_samples}")
+
+    ours_model = build_unet(config)
+    ours_params = sum(p.numel() for p in ours_model.parameters())
+    stock_model = stock_unet(config.resolution, config.channels, ours_params)
+    stock_params = sum(p.numel() for p in stock_model.parameters())
+    shape = (config.channels, config.resolution, config.resolution)
+    flops = {"ours": flops_per_image(ours_model.to(device), shape, torch.tensor([0.5], device=device), device),
+             "stock": flops_per_image(stock_model.to(device), shape, torch.tensor([500], device=device), device)}
+    peak = matmul_peak(device)
+    print(f"params ours {ours_params:,}, stock {stock_params:,} ({stock_params / ours_params:.3f}x); "
+          f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+
+    print("training ours ...", flush=True)
+    ours_pipe, ours_train = train_ours(config, steps, Path(args.output_dir) / "ours")
+    print("training stock ...", flush=True)
+    stock_pipe, stock_train = train_stock(config, steps, device)
+
+    ours_sample = sampling_throughput(ours_pipe, device)
+    stock_sample = sampling_throughput(stock_pipe, device)
+
+    name = "digits" if config.dataset_name == "digits" else "inception"
+    extractor = feature_extractor(name).to(device)
+    dataset, _ = prepare_dataset(config)
+    real = extract_features(dataset[:]["pixel_values"].float() / 255.0, extractor)
+    kids = {"ours": kid_table(ours_pipe, real, extractor, (10, 20, 50), num_samples, device, stock=False),
+            "stock": kid_table(stock_pipe, real, extractor, (10, 20, 50), num_samples, device, stock=True)}
+
+    def frac(images_per_s, flops_per):  # achieved FLOP/s over the measured peak
+        return images_per_s * flops_per / peak
+
+    result = {
+        "machine": info, "device": device, "steps": steps, "batch_size": config.train_batch_size,
+        "num_samples": num_samples, "features": name, "matmul_peak_flops": peak,
+        "params": {"ours": ours_params, "stock": stock_params}, "flops_per_image": flops,
+        "train_images_per_s": {"ours": ours_train, "stock": stock_train},
+        "sample_images_per_s_20_steps_batch_256": {"ours": ours_sample, "stock": stock_sample},
+        "fraction_of_peak": {
+            "train": {"ours": frac(ours_train, flops["ours"]["train"]), "stock": frac(stock_train, flops["stock"]["train"])},
+            "sample": {"ours": frac(ours_sample * 20, flops["ours"]["forward"]),
+                       "stock": frac(stock_sample * 20, flops["stock"]["forward"])},
+        },
+        "kid": {k: {str(s): v for s, v in rows.items()} for k, rows in kids.items()},
+    }
+    result["targets"] = {
+        "train_speedup": ours_train / stock_train, "sample_speedup": ours_sample / stock_sample,
+        "kid10_ours_over_kid50_stock": kids["ours"][10]["kid"] / kids["stock"][50]["kid"],
+    }
+    out = Path(__file__).resolve().parent / "results" / f"run-{machine_tag()}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    lines = [f"Machine: {info['cpu']} ({info['cores']} cores){', ' + info['gpu'] if info['gpu'] else ''}, torch {info['torch']}, "
+             f"device {device}; {steps} training steps, batch {config.train_batch_size}.", "",
+             "| | ours | stock diffusers | ours / stock |", "| --- | ---: | ---: | ---: |",
+             f"| parameters | {ours_params:,} | {stock_params:,} | {ours_params / stock_params:.2f} |",
+             f"| forward GFLOP / image | {flops['ours']['forward'] / 1e9:.3f} | {flops['stock']['forward'] / 1e9:.3f} | "
+             f"{flops['ours']['forward'] / flops['stock']['forward']:.2f} |",
+             f"| training images/s | {ours_train:.1f} | {stock_train:.1f} | {ours_train / stock_train:.2f} |",
+             f"| sampling images/s (20 steps, batch 256) | {ours_sample:.1f} | {stock_sample:.1f} | "
+             f"{ours_sample / stock_sample:.2f} |",
+             f"| training fraction of fp32 matmul peak | {result['fraction_of_peak']['train']['ours']:.1%} | "
+             f"{result['fraction_of_peak']['train']['stock']:.1%} | |",
+             f"| sampling fraction of fp32 matmul peak | {result['fraction_of_peak']['sample']['ours']:.1%} | "
+             f"{result['fraction_of_peak']['sample']['stock']:.1%} | |"]
+    for s in (10, 20, 50):
+        lines.append(f"| KID at {s} steps | {kids['ours'][s]['kid']:.3f} ± {kids['ours'][s]['kid_std']:.3f} | "
+                     f"{kids['stock'][s]['kid']:.3f} ± {kids['stock'][s]['kid_std']:.3f} | |")
+    lines.append(f"\nMeasured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s. Targets: training >= 1.2x "
+                 f"(got {result['targets']['train_speedup']:.2f}x), sampling >= 1.5x "
+                 f"(got {result['targets']['sample_speedup']:.2f}x), our KID@10 <= half of stock KID@50 "
+                 f"(ratio {result['targets']['kid10_ours_over_kid50_stock']:.3f}).")
+    print("\n".join(lines))
+    print(f"Wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
