@@ -4,28 +4,14 @@ import pytest
 import torch
 
 from denoising_diffusion import CosineDDIMScheduler, CosineDPMSolverScheduler
-from test_scheduler import oracle
+from test_scheduler import check_oracle_sampling
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 @pytest.mark.parametrize("steps", [1, 2, 3, 10, 100])
 def test_oracle_denoiser_recovers_x0_and_stays_on_the_marginal(prediction_type, schedule, steps):
-    g = torch.Generator().manual_seed(steps)
-    x0 = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
-    eps0 = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
-    scheduler = CosineDPMSolverScheduler(schedule=schedule, prediction_type=prediction_type)
-    model = oracle(scheduler, x0)
-    scheduler.set_timesteps(steps)
-    sample = scheduler.add_noise(x0, eps0, torch.ones(2, dtype=torch.float64))
-    for t in scheduler.timesteps:
-        t = t.double()
-        sample = scheduler.step(model(sample, t), t, sample).prev_sample
-        prev_t = scheduler.previous_timestep(t)
-        if prev_t > 0:
-            signal, noise = scheduler.signal_noise_rates(prev_t)
-            torch.testing.assert_close(sample, signal * x0 + noise * eps0)
-    torch.testing.assert_close(sample, x0)
+    check_oracle_sampling(CosineDPMSolverScheduler(schedule=schedule, prediction_type=prediction_type), steps)
 
 
 def gaussian_data_problem(scheduler, mu=0.7, s=0.5):

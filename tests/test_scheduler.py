@@ -77,15 +77,12 @@ def oracle(scheduler, x0):
     return model
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-@pytest.mark.parametrize("schedule", ["cosine", "linear"])
-@pytest.mark.parametrize("steps", [1, 2, 3, 10, 100])
-def test_oracle_denoiser_recovers_x0(prediction_type, eta, schedule, steps):
+def check_oracle_sampling(scheduler, steps: int, eta: float = 0.0):
+    """Sample with a perfect denoiser: every x0 prediction is x0, the result is x0, and (deterministic
+    sampling) every intermediate sample lies on the forward marginal with the starting noise."""
     g = torch.Generator().manual_seed(steps)
     x0 = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
     eps0 = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
-    scheduler = CosineDDIMScheduler(schedule=schedule, prediction_type=prediction_type)
     model = oracle(scheduler, x0)
     scheduler.set_timesteps(steps)
     sample = scheduler.add_noise(x0, eps0, torch.ones(3, dtype=torch.float64))
@@ -95,11 +92,18 @@ def test_oracle_denoiser_recovers_x0(prediction_type, eta, schedule, steps):
         torch.testing.assert_close(out.pred_original_sample, x0)
         prev_t = scheduler.previous_timestep(t)
         if eta == 0.0 and prev_t > 0:
-            # Deterministic DDIM with a perfect model stays on the forward marginal with the same noise.
             signal, noise = scheduler.signal_noise_rates(prev_t)
             torch.testing.assert_close(out.prev_sample, signal * x0 + noise * eps0)
         sample = out.prev_sample
     torch.testing.assert_close(sample, x0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 100])
+def test_oracle_denoiser_recovers_x0(prediction_type, eta, schedule, steps):
+    check_oracle_sampling(CosineDDIMScheduler(schedule=schedule, prediction_type=prediction_type), steps, eta)
 
 
 def _matching_diffusers_ddim(scheduler, prediction_type):
