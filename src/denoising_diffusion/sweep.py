@@ -19,7 +19,7 @@ import PIL.ImageDraw
 import torch
 import yaml
 
-from .evaluation.features import feature_extractor
+from .evaluation.features import default_features, feature_extractor
 from .evaluation.kid import extract_features, generate, kid_fid
 from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from .training.config import ConfigError, parse_config
@@ -45,9 +45,8 @@ def _args(values: dict) -> list[str]:
 
 
 @torch.no_grad()
-def validation_losses(pipe: CosineDDIMPipeline, config, batches: int, batch_size: int = 64) -> dict[str, float]:
-    """Mean MAE on the noise and on the image over `batches` batches of training data (fixed seed)."""
-    dataset, _ = prepare_dataset(config)
+def validation_losses(pipe: CosineDDIMPipeline, dataset, config, batches: int, batch_size: int = 64) -> dict[str, float]:
+    """Mean MAE on the noise and on the image over `batches` batches of `dataset` (fixed noise and times)."""
     generator = torch.Generator(device=pipe.device).manual_seed(1234)
     scheduler = build_scheduler(config)
     totals = {"noise_loss": 0.0, "image_loss": 0.0}
@@ -109,12 +108,12 @@ def run_sweep(spec_path: str, output_dir: str | None = None) -> list[dict]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         pipe = CosineDDIMPipeline.from_pretrained(run_dir).to(device)
         pipe.set_progress_bar_config(disable=True)
-        losses = validation_losses(pipe, config, evaluation.get("validation_batches", 20))
+        dataset, _ = prepare_dataset(config)
+        losses = validation_losses(pipe, dataset, config, evaluation.get("validation_batches", 20))
         features = evaluation.get("features", "auto")
         if features == "auto":
-            features = "digits" if config.dataset_name == "digits" and not config.train_data_dir else "inception"
+            features = default_features(config.dataset_name, config.train_data_dir)
         extractor = feature_extractor(features).to(device)
-        dataset, _ = prepare_dataset(config)
         real = dataset[:]["pixel_values"].float() / 255.0
         steps = evaluation.get("inference_steps", 20)
         fake, seconds = generate(pipe, evaluation.get("num_samples", 1000), steps)

@@ -156,6 +156,11 @@ class DigitsFeatures(nn.Module):
         return self.classifier.features(images)
 
 
+def default_features(dataset_name: str | None, train_data_dir: str | None = None) -> str:
+    """"digits" for the built-in digits (offline), "inception" for any other data."""
+    return "digits" if dataset_name == "digits" and not train_data_dir else "inception"
+
+
 def feature_extractor(name: str, inception_weights: str | None = None) -> nn.Module:
     """`"digits"` or `"inception"` -> the feature module."""
     if name == "digits":

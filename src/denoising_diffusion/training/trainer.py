@@ -247,13 +247,13 @@ class Trainer:
 
     def _setup_kid(self):
         """Load the KID feature extractor and embed the real images once (errors surface before training)."""
-        from ..evaluation.features import feature_extractor
+        from ..evaluation.features import default_features, feature_extractor
         from ..evaluation.kid import extract_features
 
         config = self.config
         name = config.eval_features
         if name == "auto":
-            name = "digits" if config.dataset_name == "digits" and not config.train_data_dir else "inception"
+            name = default_features(config.dataset_name, config.train_data_dir)
         try:
             self.kid_features = feature_extractor(name, config.inception_weights).to(self.accelerator.device)
         except RuntimeError as error:
