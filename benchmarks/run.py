@@ -184,6 +184,9 @@ def main():
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output_dir", default=str(ROOT / "outputs" / "benchmark"))
+    parser.add_argument("--ours_model", default=None,
+                        help="A finished run of the same config and steps (e.g. outputs/digits): reuse its pipeline "
+                             "and its measured training images/s instead of training ours again.")
     args = parser.parse_args()
 
     from denoising_diffusion.evaluation.features import default_features, feature_extractor
@@ -214,8 +217,18 @@ def main():
     print(f"params ours {ours_params:,}, stock {stock_params:,} ({stock_params / ours_params:.3f}x); "
           f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
 
-    print("training ours ...", flush=True)
-    ours_pipe, ours_train = train_ours(config, steps, Path(args.output_dir) / "ours")
+    if args.ours_model:
+        from denoising_diffusion import CosineDDIMPipeline
+
+        summary = json.loads((Path(args.ours_model) / "training_summary.json").read_text())
+        if summary["global_step"] != steps:
+            sys.exit(f"--ours_model trained {summary['global_step']} steps, not {steps}; pass --steps {summary['global_step']}.")
+        ours_pipe = CosineDDIMPipeline.from_pretrained(args.ours_model).to(device)
+        ours_pipe.set_progress_bar_config(disable=True)
+        ours_train = summary["train_images_per_second"]
+    else:
+        print("training ours ...", flush=True)
+        ours_pipe, ours_train = train_ours(config, steps, Path(args.output_dir) / "ours")
     print("training stock ...", flush=True)
     stock_pipe, stock_train = train_stock(config, steps, device)
 
