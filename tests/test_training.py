@@ -234,3 +234,29 @@ def test_two_process_cpu_run(tmp_path):
         assert (ckpt / f"noise_rng_{rank}.pt").exists() and (ckpt / f"random_states_{rank}.pkl").exists()
     assert "x 2 processes" in json.loads((tmp_path / "ddp" / "training_summary.json").read_text())["hardware"]
     assert result.stdout.count("Saved the trained pipeline") == 1
+
+
+@pytest.mark.parametrize("name, mode", [("flowers", "RGB"), ("pets", "RGB"), ("mnist", "L")])
+def test_shipped_configs_train_on_local_data_of_their_hub_schema(tmp_path, name, mode):
+    """The Hub datasets can't be downloaded here: the same loading path runs on a local parquet copy
+    with the same columns (an `image` column, a `label` column) and image mode."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    config_file = ROOT / f"configs/{name}.yaml"
+    hub_config = parse_config(["--config", str(config_file)])
+    rng = np.random.default_rng(0)
+    shape = (70, 90, 3) if mode == "RGB" else (28, 28)  # not square, not the training size
+    images = [PIL.Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode=mode) for _ in range(6)]
+    (tmp_path / "data").mkdir()
+    Dataset.from_dict({hub_config.image_column: images, "label": [0, 1, 2, 0, 1, 2]},
+                      features=Features({hub_config.image_column: Image(), "label": ClassLabel(num_classes=10)})
+                      ).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    out = train(parse_config([
+        "--config", str(config_file), "--dataset_name", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
+        "--max_train_steps", "1", "--train_batch_size", "3", "--num_grid_images", "1", "--grid_inference_steps", "1",
+        "--logger", "none", "--dataloader_num_workers", "0", "--mixed_precision", "no",
+    ]))
+    pipe = CosineDDIMPipeline.from_pretrained(out)
+    assert pipe.unet.config.sample_size == hub_config.resolution
+    assert pipe.unet.config.in_channels == (3 if mode == "RGB" else 1)
+    assert (pipe.unet.config.num_class_embeds is not None) == (name == "mnist")
