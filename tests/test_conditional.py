@@ -33,6 +33,15 @@ def test_class_labels_and_guidance():
     assert not torch.allclose(run(class_labels=1, guidance_scale=3.0), one)
 
 
+def test_predict_without_labels_is_unconditional_on_a_conditional_model():
+    pipe = conditional_pipeline()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor(0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.predict(x, t), pipe.unet(x, t, class_labels=torch.tensor([3, 3])).sample)
+    latents = pipe.invert(torch.rand(2, 1, 8, 8), 3)  # inversion without labels works too
+    assert latents.shape == (2, 1, 8, 8)
+
+
 def test_guidance_combines_conditional_and_unconditional_predictions():
     pipe = conditional_pipeline()
     x, t = torch.randn(2, 1, 8, 8), torch.tensor(0.5)

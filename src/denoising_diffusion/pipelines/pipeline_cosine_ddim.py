@@ -151,8 +151,13 @@ class CosineDDIMPipeline(DiffusionPipeline):
         return labels
 
     def predict(self, sample: torch.Tensor, t, labels: torch.Tensor | None = None, guidance_scale: float = 1.0):
-        """The UNet's output at time `t`, with classifier-free guidance when `guidance_scale != 1`."""
+        """The UNet's output at time `t`, with classifier-free guidance when `guidance_scale != 1`.
+
+        `labels=None` on a class-conditional model means "no class" (unconditional).
+        """
         null = self.null_class_label
+        if labels is None and null is not None:
+            labels = torch.full((sample.shape[0],), null, device=sample.device)
         if labels is None or guidance_scale == 1.0 or bool((labels == null).all()):
             return self.unet(sample, t, class_labels=labels).sample
         both = self.unet(torch.cat([sample, sample]), t, class_labels=torch.cat([labels, torch.full_like(labels, null)])).sample
