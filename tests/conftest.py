@@ -6,7 +6,7 @@ import torch
 # Tests never reach the network, and keep the Hub cache and diffusers' module cache private.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars stay out of test logs
+os.environ.setdefault("TQDM_DISABLE", "1")  # quiets bars that take tqdm defaults (datasets, downloads)
 
 
 @pytest.fixture(autouse=True)
