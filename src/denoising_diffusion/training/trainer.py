@@ -219,6 +219,8 @@ class Trainer:
             num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
             num_training_steps=self.max_train_steps * accelerator.num_processes,
         )
+        if config.channels_last:
+            self.unet = self.unet.to(memory_format=torch.channels_last)
         self.unet, self.optimizer, self.dataloader, self.lr_scheduler = accelerator.prepare(
             self.unet, optimizer, dataloader, lr_scheduler
         )
@@ -384,7 +386,8 @@ class Trainer:
             flip = torch.rand(x.shape[0], generator=self.generator, device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         mean, std = self.stats
-        return (x - mean) / std
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
     def _synchronized_clock(self) -> float:
         if self.accelerator.device.type == "cuda":
