@@ -1,5 +1,6 @@
 """Denoising Diffusion Implicit Models as first-class Hugging Face diffusers components."""
 
+from .models.compile import compile_unet
 from .models.unet_continuous import ContinuousUNet2DModel
 from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline, slerp
 from .schedulers.noise_schedule import signal_noise_rates
@@ -9,5 +10,6 @@ from .schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
 __version__ = "0.1.0"
 
 __all__ = [
-    "ContinuousUNet2DModel", "CosineDDIMPipeline", "CosineDDIMScheduler", "CosineDPMSolverScheduler", "signal_noise_rates", "slerp",
+    "ContinuousUNet2DModel", "CosineDDIMPipeline", "CosineDDIMScheduler", "CosineDPMSolverScheduler", "compile_unet", "signal_noise_rates",
+    "slerp",
 ]

@@ -30,6 +30,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from ..models.compile import compile_unet
 from ..models.unet_continuous import ContinuousUNet2DModel
 from ..pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
@@ -201,6 +202,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             self.unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+            foreach=True,  # one multi-tensor update instead of a loop over parameters (torch uses it on GPUs only by default)
         )
         dataloader = torch.utils.data.DataLoader(
             self.dataset, batch_size=config.train_batch_size, shuffle=not config.streaming,
@@ -221,6 +223,8 @@ class Trainer:
         )
         if config.channels_last:
             self.unet = self.unet.to(memory_format=torch.channels_last)
+        if config.compile:
+            compile_unet(self.unet, config.compile_backend, config.compile_mode)
         self.unet, self.optimizer, self.dataloader, self.lr_scheduler = accelerator.prepare(
             self.unet, optimizer, dataloader, lr_scheduler
         )

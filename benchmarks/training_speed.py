@@ -1,0 +1,137 @@
+"""Training-step and sampling throughput of the default model under each speed option, interleaved.
+
+    python benchmarks/training_speed.py [--config configs/digits.yaml] [--device cpu] [--repeats 6]
+
+Each variant (eager, channels_last, torch.compile, both; fp32, and bf16 autocast on CUDA) runs a
+full training step (forward, MAE loss, backward, AdamW) on the config's model and batch size. The
+variants are timed in turns, `--repeats` rounds of `--iters` steps each, so a busy machine slows
+them all alike; the table gives the median and the best round. Compilation happens in the warm-up
+and is reported separately. Sampling is timed the same way (batch 256, one UNet call per step).
+Writes benchmarks/results/training_speed-<machine>.json.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_tag  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_variant(config, device, channels_last, compile_, dtype):
+    from denoising_diffusion import compile_unet
+    from denoising_diffusion.training.trainer import build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(config).to(device)
+    if channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    if compile_:
+        compile_unet(unet)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(config.train_batch_size, config.channels, config.resolution, config.resolution,
+                    device=device).contiguous(memory_format=fmt)
+    t = torch.rand(config.train_batch_size, device=device)
+
+    def step():
+        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+            loss = (unet(x, t).sample.float() - x).abs().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    sample_x = torch.randn(256, config.channels, config.resolution, config.resolution,
+                           device=device).contiguous(memory_format=fmt)
+    sample_t = torch.full((256,), 0.5, device=device)
+
+    @torch.no_grad()
+    def sample_call():
+        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+            unet.eval()
+            unet(sample_x, sample_t)
+            unet.train()
+
+    return step, sample_call
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs/digits.yaml"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--no_compile", action="store_true", help="Skip the torch.compile variants.")
+    args = parser.parse_args()
+
+    from denoising_diffusion.training import parse_config
+
+    config = parse_config(["--config", args.config])
+    device = args.device
+    dtypes = [torch.float32] + ([torch.bfloat16] if device.startswith("cuda") else [])
+    variants = {}
+    for dtype in dtypes:
+        for channels_last in (False, True):
+            for compile_ in (False,) if args.no_compile else (False, True):
+                name = (f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}"
+                        f"{' channels_last' if channels_last else ''}{' compile' if compile_ else ''}")
+                step, sample_call = make_variant(config, device, channels_last, compile_, dtype)
+                start = time.perf_counter()
+                for _ in range(3):
+                    step()
+                    sample_call()
+                sync(device)
+                warmup = time.perf_counter() - start
+                variants[name] = {"step": step, "sample": sample_call, "warmup_s": warmup, "train": [], "sample_calls": []}
+                print(f"{name}: warm-up (incl. compilation) {warmup:.1f} s", flush=True)
+
+    batch = config.train_batch_size
+    for _ in range(args.repeats):
+        for v in variants.values():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(args.iters):
+                v["step"]()
+            sync(device)
+            v["train"].append(batch * args.iters / (time.perf_counter() - start))
+            start = time.perf_counter()
+            for _ in range(args.iters):
+                v["sample"]()
+            sync(device)
+            # images/s of a 20-step sampler = UNet calls per second * 256 / 20
+            v["sample_calls"].append(256 * args.iters / 20 / (time.perf_counter() - start))
+
+    info = machine_info()
+    base = statistics.median(variants[next(iter(variants))]["train"])
+    base_s = statistics.median(variants[next(iter(variants))]["sample_calls"])
+    lines = [f"Machine: {info['cpu']} ({info['cores']} cores){', ' + info['gpu'] if info['gpu'] else ''}, "
+             f"torch {info['torch']}, device {device}; {Path(args.config).name} model, batch {batch}.", "",
+             "| variant | training images/s (median, best) | vs eager fp32 | sampling images/s at 20 steps, batch 256 "
+             "(median, best) | vs eager fp32 | warm-up s |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    result = {"machine": info, "device": device, "config": Path(args.config).name, "batch_size": batch, "variants": {}}
+    for name, v in variants.items():
+        train_med, sample_med = statistics.median(v["train"]), statistics.median(v["sample_calls"])
+        lines.append(f"| {name} | {train_med:.1f} ({max(v['train']):.1f}) | {train_med / base:.2f} | "
+                     f"{sample_med:.1f} ({max(v['sample_calls']):.1f}) | {sample_med / base_s:.2f} | {v['warmup_s']:.1f} |")
+        result["variants"][name] = {"train_images_per_s": v["train"], "sample_images_per_s_20_steps": v["sample_calls"],
+                                    "warmup_s": v["warmup_s"]}
+    print("\n".join(lines))
+    out = Path(__file__).resolve().parent / "results" / f"training_speed-{machine_tag()}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"Wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
