@@ -189,7 +189,7 @@ def main():
                              "and its measured training images/s instead of training ours again.")
     args = parser.parse_args()
 
-    from denoising_diffusion.evaluation.features import default_features, feature_extractor
+    from denoising_diffusion.evaluation.features import feature_extractor, resolve_features
     from denoising_diffusion.evaluation.kid import extract_features
     from denoising_diffusion.training import parse_config
     from denoising_diffusion.training.data import prepare_dataset
@@ -235,7 +235,7 @@ def main():
     ours_sample = sampling_throughput(ours_pipe, device)
     stock_sample = sampling_throughput(stock_pipe, device)
 
-    name = default_features(config.dataset_name, config.train_data_dir)
+    name = resolve_features("auto", config.dataset_name, config.train_data_dir)
     extractor = feature_extractor(name).to(device)
     dataset, _ = prepare_dataset(config)
     real = extract_features(dataset[:]["pixel_values"].float() / 255.0, extractor)

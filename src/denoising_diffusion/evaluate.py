@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .evaluation.features import default_features, feature_extractor
+from .evaluation.features import feature_extractor, resolve_features
 from .evaluation.kid import extract_features, generate, kid_fid
 from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from .training.config import ConfigError, TrainingConfig
@@ -70,8 +70,7 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="au
     pipe = CosineDDIMPipeline.from_pretrained(folder).to(device)
     pipe.set_progress_bar_config(disable=True)
     config = data_config(folder, pipe, dataset, image_column, train_data_dir)
-    if features == "auto":
-        features = default_features(config.dataset_name, config.train_data_dir)
+    features = resolve_features(features, config.dataset_name, config.train_data_dir)
     if isinstance(features, torch.nn.Module):
         extractor, features = features.to(device), type(features).__name__
     else:

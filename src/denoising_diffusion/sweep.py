@@ -19,7 +19,7 @@ import PIL.ImageDraw
 import torch
 import yaml
 
-from .evaluation.features import default_features, feature_extractor
+from .evaluation.features import feature_extractor, resolve_features
 from .evaluation.kid import extract_features, generate, kid_fid
 from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from .training.config import ConfigError, parse_config
@@ -110,9 +110,7 @@ def run_sweep(spec_path: str, output_dir: str | None = None) -> list[dict]:
         pipe.set_progress_bar_config(disable=True)
         dataset, _ = prepare_dataset(config)
         losses = validation_losses(pipe, dataset, config, evaluation.get("validation_batches", 20))
-        features = evaluation.get("features", "auto")
-        if features == "auto":
-            features = default_features(config.dataset_name, config.train_data_dir)
+        features = resolve_features(evaluation.get("features", "auto"), config.dataset_name, config.train_data_dir)
         extractor = feature_extractor(features).to(device)
         real = dataset[:]["pixel_values"].float() / 255.0
         steps = evaluation.get("inference_steps", 20)

@@ -156,9 +156,14 @@ class DigitsFeatures(nn.Module):
         return self.classifier.features(images)
 
 
-def default_features(dataset_name: str | None, train_data_dir: str | None = None) -> str:
-    """"digits" for the built-in digits (offline), "inception" for any other data."""
-    return "digits" if dataset_name == "digits" and not train_data_dir else "inception"
+def resolve_features(name, dataset_name: str | None, train_data_dir: str | None = None):
+    """`name` itself unless it is "auto"; then "digits" for the built-in digits (offline) and
+    "inception" for any other data."""
+    from ..training.config import BUILTIN_DATASET
+
+    if name != "auto":
+        return name
+    return "digits" if dataset_name == BUILTIN_DATASET and not train_data_dir else "inception"
 
 
 def feature_extractor(name: str, inception_weights: str | None = None) -> nn.Module:

@@ -184,7 +184,9 @@ class Trainer:
         self._check_output_dir()
         set_seed(config.seed)
         self.unet = build_unet(config)
-        self.unet_config = self.unet.config
+        # The UNet's last class embedding means "no class" (as CosineDDIMPipeline.null_class_label).
+        num_class_embeds = self.unet.config.num_class_embeds
+        self.null_class_label = None if num_class_embeds is None else num_class_embeds - 1
         self.noise_scheduler = build_scheduler(config)
         self.dataset, _ = prepare_dataset(config)
         if config.normalization == "dataset":
@@ -253,13 +255,11 @@ class Trainer:
 
     def _setup_kid(self):
         """Load the KID feature extractor and embed the real images once (errors surface before training)."""
-        from ..evaluation.features import default_features, feature_extractor
+        from ..evaluation.features import feature_extractor, resolve_features
         from ..evaluation.kid import extract_features
 
         config = self.config
-        name = config.eval_features
-        if name == "auto":
-            name = default_features(config.dataset_name, config.train_data_dir)
+        name = resolve_features(config.eval_features, config.dataset_name, config.train_data_dir)
         try:
             self.kid_features = feature_extractor(name, config.inception_weights).to(self.accelerator.device)
         except RuntimeError as error:
@@ -280,7 +280,7 @@ class Trainer:
     def _check_labels(self):
         """Class labels must be integers below the UNet's "no class" embedding (its last one)."""
         config = self.config
-        null = self.unet.config.num_class_embeds - 1
+        null = self.null_class_label
         if config.streaming:
             labels = torch.as_tensor([next(iter(self.dataset))["labels"]])
         else:  # read the column without decoding images
@@ -298,7 +298,7 @@ class Trainer:
         if self.config.cond_drop_prob <= 0:
             return labels
         drop = torch.rand(labels.shape[0], generator=self.generator, device=labels.device) < self.config.cond_drop_prob
-        return torch.where(drop, torch.full_like(labels, self.unet_config.num_class_embeds - 1), labels)
+        return torch.where(drop, torch.full_like(labels, self.null_class_label), labels)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int) -> Path:
