@@ -1,4 +1,4 @@
-"""What machine a benchmark ran on: CPU model, cores, torch version, GPU."""
+"""What machine a benchmark ran on (CPU model, cores, torch version, GPU), and what every benchmark shares."""
 
 import os
 import platform
@@ -6,6 +6,14 @@ import re
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+
+
+def sync(device: str):
+    """Wait for queued GPU work, so a timer reads finished work (no-op on the CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def cpu_model() -> str:

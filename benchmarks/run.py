@@ -29,9 +29,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, machine_tag  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from machine import ROOT, machine_info, machine_tag, sync  # noqa: E402
 
 
 def matmul_peak(device: str, dtype=torch.float32, n: int = 2048, repeats: int = 10) -> float:
@@ -46,11 +44,6 @@ def matmul_peak(device: str, dtype=torch.float32, n: int = 2048, repeats: int = 
         a @ b
     sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
-def sync(device: str):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def flops_per_image(model, sample_shape, time_input, device) -> dict:

@@ -20,10 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, machine_tag  # noqa: E402
-from run import stock_unet, sync  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from machine import ROOT, machine_info, machine_tag, sync  # noqa: E402
+from run import stock_unet  # noqa: E402
 
 
 def main():

@@ -20,14 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, machine_tag  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from machine import ROOT, machine_info, machine_tag, sync  # noqa: E402
 
 
 def make_variant(config, device, channels_last, compile_, dtype):
