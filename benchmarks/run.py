@@ -91,7 +91,7 @@ def train_stock(config, steps: int, device: str, log_every: int = 50):
     lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=min(500, steps // 10),
                                  num_training_steps=steps)
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
-    dataset, _ = prepare_dataset(config)
+    dataset = prepare_dataset(config)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True)
     step, images, warm_start = 0, 0, None
     while step < steps:
@@ -230,7 +230,7 @@ def main():
 
     name = resolve_features("auto", config.dataset_name, config.train_data_dir)
     extractor = feature_extractor(name).to(device)
-    dataset, _ = prepare_dataset(config)
+    dataset = prepare_dataset(config)
     real = extract_features(dataset[:]["pixel_values"].float() / 255.0, extractor)
     kids = {"ours": kid_table(ours_pipe, real, extractor, (10, 20, 50), num_samples, device, stock=False),
             "stock": kid_table(stock_pipe, real, extractor, (10, 20, 50), num_samples, device, stock=True)}

@@ -142,8 +142,8 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
 
     original = Trainer.save_checkpoint
 
-    def save_then_die(self, step):
-        path = original(self, step)
+    def save_then_die(self, step, position):
+        path = original(self, step, position)
         if step == 2:
             raise KeyboardInterrupt("simulated kill after checkpoint-2")
         return path

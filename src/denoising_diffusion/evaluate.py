@@ -51,7 +51,7 @@ def data_config(folder: Path, pipe: CosineDDIMPipeline, dataset: str | None, ima
 
 
 def real_images(config: TrainingConfig, limit: int) -> torch.Tensor:
-    dataset, _ = prepare_dataset(config)
+    dataset = prepare_dataset(config)
     count = min(limit, len(dataset))
     return dataset.select(range(count))[:]["pixel_values"].float().div(255.0)
 

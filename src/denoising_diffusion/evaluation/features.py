@@ -135,10 +135,14 @@ def load_digits_classifier() -> tuple[DigitsClassifier, float]:
         return model.eval(), json.loads(meta.read_text())["test_accuracy"]
     model, accuracy = train_digits_classifier()
     folder.mkdir(parents=True, exist_ok=True)
-    partial = weights.with_suffix(".partial")
-    save_file(model.state_dict(), str(partial))
-    meta.write_text(json.dumps({"test_accuracy": accuracy, "test_split": "30% of sklearn digits, stratified, seed 0"}))
-    os.replace(partial, weights)
+    # Several processes may train it at once: each writes its own temporary files, then renames them
+    # into place (the same bytes whoever wins), the metadata last, so a reader sees both or neither.
+    suffix = f".{os.getpid()}.partial"
+    partial_weights, partial_meta = weights.with_name(weights.name + suffix), meta.with_name(meta.name + suffix)
+    save_file(model.state_dict(), str(partial_weights))
+    partial_meta.write_text(json.dumps({"test_accuracy": accuracy, "test_split": "30% of sklearn digits, stratified, seed 0"}))
+    os.replace(partial_weights, weights)
+    os.replace(partial_meta, meta)
     return model, accuracy
 
 

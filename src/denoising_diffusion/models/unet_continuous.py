@@ -22,14 +22,19 @@ from diffusers.configuration_utils import FrozenDict, register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 
-from ..schedulers.noise_schedule import signal_noise_rates, validate_schedule
+from ..schedulers.noise_schedule import check_times, signal_noise_rates, validate_schedule
 
 # `UNet2DModel` options about integer timesteps that this model fixes (its time input is continuous).
 _FIXED_PARENT_OPTIONS = ("freq_shift", "flip_sin_to_cos", "num_train_timesteps")
 
 
 class SinusoidalNoiseVarianceEmbedding(nn.Module):
-    """Maps continuous times t, shape (B,), to sinusoidal embeddings of sigma_t**2, shape (B, dim)."""
+    """Maps continuous times t, shape (B,), to sinusoidal embeddings of sigma_t**2, shape (B, dim), in float32.
+
+    The frequencies are computed in float32 at every call rather than kept in a buffer: a model
+    loaded or cast to float16 would otherwise round the highest (2 pi * 1000 ~ 6283) to a step of 4,
+    and the embedding of every noise level with it.
+    """
 
     def __init__(self, dim: int, schedule: str, min_signal_rate: float, max_signal_rate: float,
                  min_frequency: float = 1.0, max_frequency: float = 1000.0):
@@ -37,15 +42,20 @@ class SinusoidalNoiseVarianceEmbedding(nn.Module):
         if dim % 2:
             raise ValueError(f"The noise embedding dimension must be even, got {dim}.")
         self.schedule, self.min_signal_rate, self.max_signal_rate = schedule, min_signal_rate, max_signal_rate
-        frequencies = torch.exp(torch.linspace(math.log(min_frequency), math.log(max_frequency), dim // 2))
-        self.register_buffer("angular_speeds", 2.0 * math.pi * frequencies, persistent=False)
+        self.dim, self.min_frequency, self.max_frequency = dim, min_frequency, max_frequency
+
+    def angular_speeds(self, device=None) -> torch.Tensor:
+        """2 pi f_k for the dim / 2 log-spaced frequencies f_k, float32."""
+        log_f = torch.linspace(math.log(self.min_frequency), math.log(self.max_frequency), self.dim // 2,
+                               device=device, dtype=torch.float32)
+        return 2.0 * math.pi * torch.exp(log_f)
 
     def noise_variance(self, t: torch.Tensor) -> torch.Tensor:
         _, noise_rate = signal_noise_rates(t.float(), self.schedule, self.min_signal_rate, self.max_signal_rate)
         return noise_rate**2
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = self.noise_variance(t)[:, None] * self.angular_speeds.float()[None, :]
+        angles = self.noise_variance(t)[:, None] * self.angular_speeds(t.device)[None, :]
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
@@ -142,12 +152,13 @@ class ContinuousUNet2DModel(UNet2DModel):
     ) -> UNet2DOutput | tuple:
         """Predict from a noisy `sample` (B, C, H, W) at continuous time `timestep` in [0, 1].
 
-        `timestep` is a float, a 0-d tensor or a tensor of shape (B,). Returns `UNet2DOutput` with
+        `timestep` is a float, a 0-d floating-point tensor or one of shape (B,), with values in [0, 1];
+        integer timesteps (diffusers' discrete schedulers) are rejected with an error, as are values
+        outside [0, 1] (checked for Python numbers and CPU tensors). Returns `UNet2DOutput` with
         `sample` of shape (B, out_channels, H, W) (what it means is the scheduler's `prediction_type`).
         """
+        check_times(timestep)
         t = torch.as_tensor(timestep, device=sample.device)
-        if t.is_floating_point() is False:
-            t = t.float()
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, sample.shape[0])):
             raise ValueError(
                 f"timestep must be a scalar or have shape ({sample.shape[0]},), got shape {tuple(t.shape)}."

@@ -11,6 +11,7 @@ diffusers and huggingface_hub.
 import importlib
 import inspect
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -20,11 +21,10 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import snapshot_download
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-# Keyword arguments of `from_pretrained` that say where and how to find a Hub repository.
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
+# What the UNet and the scheduler must agree on: the times t in [0, 1] mean the same noise levels.
+SCHEDULE_KEYS = ("schedule", "min_signal_rate", "max_signal_rate")
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", flags=re.MULTILINE)
 
 
@@ -72,6 +72,34 @@ def slerp(start: torch.Tensor, end: torch.Tensor, weights) -> torch.Tensor:
     return out.reshape(len(weights), *start.shape).to(start.dtype)
 
 
+def check_schedules_match(unet, scheduler) -> None:
+    """Raise `ValueError` unless `unet` and `scheduler` are continuous-time and share one noise schedule.
+
+    Both interpret a time t in [0, 1] through `SCHEDULE_KEYS`; a mismatch (or a discrete-time
+    scheduler such as diffusers' `DDIMScheduler`) samples at the wrong noise levels without any error.
+    """
+    if not hasattr(scheduler, "signal_noise_rates") or any(k not in scheduler.config for k in SCHEDULE_KEYS):
+        raise ValueError(
+            f"{type(scheduler).__name__} is not a continuous-time scheduler; this pipeline needs one of "
+            f"{[c.__name__ for c in getattr(scheduler, 'compatibles', [])] or 'CosineDDIMScheduler, CosineDPMSolverScheduler'}"
+            " (e.g. CosineDPMSolverScheduler.from_config(pipe.scheduler.config))."
+        )
+    if any(k not in unet.config for k in SCHEDULE_KEYS):
+        raise ValueError(f"{type(unet).__name__} is not a continuous-time UNet; this pipeline needs a ContinuousUNet2DModel.")
+    differ = [
+        k for k in SCHEDULE_KEYS
+        if not (unet.config[k] == scheduler.config[k] or (
+            isinstance(unet.config[k], float) and math.isclose(unet.config[k], scheduler.config[k], rel_tol=1e-6)))
+    ]
+    if differ:
+        theirs = ", ".join(f"{k}={scheduler.config[k]!r}" for k in differ)
+        ours = ", ".join(f"{k}={unet.config[k]!r}" for k in differ)
+        raise ValueError(
+            f"The scheduler ({theirs}) does not match the UNet's noise schedule ({ours}): sampling would use the "
+            f"wrong noise levels. Use {type(scheduler).__name__}.from_config(scheduler.config, {ours})."
+        )
+
+
 class CosineDDIMPipeline(DiffusionPipeline):
     r"""Pipeline for unconditional image generation with continuous-time DDIM.
 
@@ -82,6 +110,12 @@ class CosineDDIMPipeline(DiffusionPipeline):
             standardised with (defaults to 0.5: images in [-1, 1]).
         image_std (`list[float]`, *optional*): per-channel standard deviation likewise (default 0.5).
             Generated samples are mapped back with `x * image_std + image_mean`, then clipped to [0, 1].
+
+    The UNet and the scheduler must share one noise schedule (`SCHEDULE_KEYS`); that is checked here and
+    whenever `pipe.scheduler` or `pipe.unet` is replaced. `from_pretrained` is diffusers' own loader
+    (every standard argument: `dtype`, `variant`, `device_map`, `use_safetensors`, component overrides,
+    Hub arguments, ...) and builds the components from the installed classes, so none of the code stored
+    in a saved folder runs.
     """
 
     model_cpu_offload_seq = "unet"
@@ -98,6 +132,13 @@ class CosineDDIMPipeline(DiffusionPipeline):
             raise ValueError(f"image_std values must be positive, got {image_std}.")
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(image_mean=image_mean, image_std=image_std)
+
+    def __setattr__(self, name, value):
+        if name in ("unet", "scheduler") and value is not None:
+            other = self.__dict__.get("scheduler" if name == "unet" else "unet")
+            if other is not None:
+                check_schedules_match(value if name == "unet" else other, other if name == "unet" else value)
+        super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ images <-> model space
     def _channel_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,9 +177,10 @@ class CosineDDIMPipeline(DiffusionPipeline):
         return None if n is None else n - 1
 
     def _class_labels(self, class_labels, batch_size: int) -> torch.Tensor | None:
+        """Checked labels (B,) on the execution device, or None for unconditional sampling."""
         null = self.null_class_label
         if class_labels is None:
-            return None if null is None else torch.full((batch_size,), null, device=self._execution_device)
+            return None
         if null is None:
             raise ValueError("class_labels were given, but this model is unconditional (its UNet has no num_class_embeds).")
         labels = torch.as_tensor(class_labels, device=self._execution_device).long().reshape(-1)
@@ -153,12 +195,14 @@ class CosineDDIMPipeline(DiffusionPipeline):
     def predict(self, sample: torch.Tensor, t, labels: torch.Tensor | None = None, guidance_scale: float = 1.0):
         """The UNet's output at time `t`, with classifier-free guidance when `guidance_scale != 1`.
 
-        `labels=None` on a class-conditional model means "no class" (unconditional).
+        `labels=None` on a class-conditional model means "no class" (unconditional, one forward pass).
+        Nothing here reads device values back, so sampling never waits on the device.
         """
         null = self.null_class_label
-        if labels is None and null is not None:
-            labels = torch.full((sample.shape[0],), null, device=sample.device)
-        if labels is None or guidance_scale == 1.0 or bool((labels == null).all()):
+        if labels is None:
+            none = None if null is None else torch.full((sample.shape[0],), null, device=sample.device)
+            return self.unet(sample, t, class_labels=none).sample
+        if guidance_scale == 1.0:
             return self.unet(sample, t, class_labels=labels).sample
         both = self.unet(torch.cat([sample, sample]), t, class_labels=torch.cat([labels, torch.full_like(labels, null)])).sample
         cond, uncond = both.chunk(2)
@@ -171,6 +215,7 @@ class CosineDDIMPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         eta: float = 0.0,
         num_inference_steps: int = 20,
+        use_clipped_model_output: bool | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         latents: torch.Tensor | None = None,
@@ -185,6 +230,8 @@ class CosineDDIMPipeline(DiffusionPipeline):
                 reproducible noise.
             eta (`float`, defaults to 0.0): 0 is deterministic DDIM, 1 is DDPM-like sampling.
             num_inference_steps (`int`, defaults to 20): denoising steps (any integer >= 1).
+            use_clipped_model_output (`bool`, *optional*): passed to the scheduler's `step` (as in
+                diffusers' `DDIMPipeline`); matters only with the scheduler's `clip_sample`.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C) or `"pt"`
                 (B, C, H, W); values in [0, 1].
             return_dict (`bool`, defaults to True): return an `ImagePipelineOutput` or a tuple.
@@ -219,7 +266,8 @@ class CosineDDIMPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_output = self.predict(self.scheduler.scale_model_input(image, t), t, labels, guidance_scale)
-            image = self.scheduler.step(model_output, t, image, eta=eta, generator=generator).prev_sample
+            image = self.scheduler.step(model_output, t, image, eta=eta, generator=generator,
+                                        use_clipped_model_output=bool(use_clipped_model_output)).prev_sample
 
         images = self.to_output(self.denormalize(image), output_type)
         self.maybe_free_model_hooks()
@@ -259,11 +307,11 @@ class CosineDDIMPipeline(DiffusionPipeline):
         for t in self.progress_bar(times):
             x0_hat, eps_hat = scheduler.convert_model_output(self.predict(x, t, labels).float(), t, x.float())
             if previous > 0:  # the sample lies at `previous`: re-derive x0 there from the same noise estimate
-                alpha_s, sigma_s = scheduler._rates(previous, x)
+                alpha_s, sigma_s = scheduler.signal_noise_rates(previous, x)
                 x0_hat = (x.float() - sigma_s * eps_hat) / alpha_s
             else:
                 x0_hat = x.float()  # the first step starts from the clean images themselves
-            alpha_t, sigma_t = scheduler._rates(t, x)
+            alpha_t, sigma_t = scheduler.signal_noise_rates(t, x)
             x = (alpha_t * x0_hat + sigma_t * eps_hat).to(self.unet.dtype)
             previous = float(t)
         return x
@@ -313,49 +361,32 @@ class CosineDDIMPipeline(DiffusionPipeline):
                           commit_message=hub_kwargs.get("commit_message") or "Upload pipeline",
                           create_pr=hub_kwargs.get("create_pr", False))
 
+    # `from_pretrained` is `DiffusionPipeline.from_pretrained`. A saved folder names its components by
+    # the module files it carries (for plain diffusers with `trust_remote_code=True`); when this class
+    # loads it, these two hooks point diffusers' loader at the installed classes instead.
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
-        """Load a saved pipeline (folder or Hub repo id) with the classes already imported here.
-
-        Components are looked up by class name in the package that defines this pipeline class,
-        then in diffusers; no code stored in the folder is run. With `trust_remote_code=True`
-        this defers to `DiffusionPipeline.from_pretrained`, which uses the stored code.
-        Accepts `torch_dtype`, components to use instead of the stored ones (`unet=`,
-        `scheduler=`), pipeline arguments, and the Hub arguments `cache_dir`, `revision`,
-        `token`, `local_files_only`, `force_download`, `proxies`.
-        """
-        if kwargs.get("trust_remote_code") or kwargs.get("custom_pipeline"):
-            return DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-        torch_dtype = kwargs.pop("torch_dtype", None)
-        folder = str(pretrained_model_name_or_path)
-        if not os.path.isdir(folder):
-            folder = snapshot_download(folder, **hub_kwargs)
-        config = cls.load_config(folder)
-
+    def _installed_library(cls, class_name) -> str | None:
+        """The installed package that defines `class_name` (e.g. "denoising_diffusion"), or None."""
         package = importlib.import_module(cls.__module__.split(".")[0])
-        diffusers = importlib.import_module("diffusers")
-        init_params = inspect.signature(cls.__init__).parameters
-        init_kwargs = {}
-        for name in init_params:
-            if name == "self":
-                continue
-            if name in kwargs:
-                init_kwargs[name] = kwargs.pop(name)
-            elif isinstance(config.get(name), list) and len(config[name]) == 2 and isinstance(config[name][1], str):
-                class_name = config[name][1]
-                component_cls = getattr(package, class_name, None) or getattr(diffusers, class_name, None)
-                if component_cls is None:
-                    raise ValueError(
-                        f"Component {name!r} is a {class_name}, which neither {package.__name__} nor diffusers "
-                        "defines; load with trust_remote_code=True to use the code stored with the pipeline."
-                    )
-                extra = {"torch_dtype": torch_dtype} if torch_dtype is not None and issubclass(component_cls, torch.nn.Module) else {}
-                init_kwargs[name] = component_cls.from_pretrained(folder, subfolder=name, **extra)
-            elif name in config:
-                init_kwargs[name] = config[name]
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for {cls.__name__}.from_pretrained: {sorted(kwargs)}.")
-        pipe = cls(**init_kwargs)
-        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
-        return pipe
+        return package.__name__ if isinstance(getattr(package, str(class_name), None), type) else None
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        # Read by `download` (repo ids) and `load_config`: the pipeline class is this one, not stored code.
+        config = super()._dict_from_json_file(json_file)
+        name = config.get("_class_name")
+        if isinstance(name, (list, tuple)) and len(name) == 2 and cls._installed_library(name[1]):
+            config["_class_name"] = name[1]
+        return config
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        # Components: ["unet_continuous", "ContinuousUNet2DModel"] -> ["denoising_diffusion", "ContinuousUNet2DModel"].
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        for name, value in config.items():
+            if not name.startswith("_") and isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], str):
+                library = cls._installed_library(value[1])
+                if library is not None:
+                    config[name] = [library, value[1]]
+        return loaded

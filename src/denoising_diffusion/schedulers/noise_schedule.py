@@ -34,6 +34,36 @@ def validate_schedule(schedule: str, min_signal_rate: float, max_signal_rate: fl
         )
 
 
+TIME_MEANING = (
+    "a continuous diffusion time t in [0, 1] (0: the cleanest input, 1: pure noise), as a float or a "
+    "floating-point tensor. diffusers' integer timesteps (0..num_train_timesteps - 1) do not apply: draw "
+    "training times with torch.rand(batch_size) and sample with the scheduler's own `timesteps`"
+)
+
+
+def check_times(timesteps, name: str = "timestep") -> None:
+    """Raise when `timesteps` are not continuous times in [0, 1].
+
+    Integer and boolean dtypes are always rejected (the usual slip is diffusers' integer timesteps).
+    Values are checked for Python numbers and CPU tensors; on an accelerator, reading them back would
+    stall the device every call, so there only the dtype is checked.
+    """
+    if isinstance(timesteps, bool) or (isinstance(timesteps, torch.Tensor) and timesteps.dtype == torch.bool):
+        raise TypeError(f"{name} must be {TIME_MEANING}; got a boolean.")
+    if isinstance(timesteps, int) or (isinstance(timesteps, torch.Tensor) and not timesteps.is_floating_point()):
+        shown = timesteps if isinstance(timesteps, int) else f"a {timesteps.dtype} tensor"
+        raise TypeError(f"{name} must be {TIME_MEANING}; got {shown}.")
+    if isinstance(timesteps, torch.Tensor):
+        if timesteps.device.type != "cpu" or timesteps.numel() == 0:
+            return
+        low, high = float(timesteps.min()), float(timesteps.max())
+    else:
+        low = high = float(timesteps)
+    if not (0.0 <= low and high <= 1.0):  # also catches NaN
+        bad = low if not 0.0 <= low else high
+        raise ValueError(f"{name} must be {TIME_MEANING}; got a value of {bad:g}.")
+
+
 def _linear_tau(signal_rate: float) -> float:
     """Time tau of the unbounded linear (VP-SDE) schedule at which alpha_bar(tau) == signal_rate**2."""
     neg_log_alpha_bar = -2.0 * math.log(signal_rate)

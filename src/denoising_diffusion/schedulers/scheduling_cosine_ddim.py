@@ -24,7 +24,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .noise_schedule import signal_noise_rates, validate_schedule
+from .noise_schedule import check_times, signal_noise_rates, validate_schedule
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -39,10 +39,17 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
         prediction_type (`str`, defaults to `"epsilon"`): what the model predicts: the noise
             (`"epsilon"`), the clean sample (`"sample"`) or the velocity
             `v = alpha_t * eps - sigma_t * x_0` (`"v_prediction"`).
-        num_train_timesteps (`int`, defaults to 1000): only the length reported by `len()`, for
-            tools that expect a discrete scheduler; times themselves are continuous.
+        clip_sample (`bool`, defaults to False): clip the predicted clean sample to
+            `[-clip_sample_range, clip_sample_range]` at every step, as diffusers' `DDIMScheduler`
+            (off, as in the seeds: samples live in the model's standardised space, not in [-1, 1]).
+        clip_sample_range (`float`, defaults to 1.0): the bound used by `clip_sample`.
+
+    Times are continuous, so there is no `num_train_timesteps`: a model trained with diffusers'
+    `torch.randint(0, scheduler.config.num_train_timesteps, ...)` would see wrong noise levels, and
+    integer or out-of-range times are rejected with an error instead.
     """
 
+    _compatibles = ["CosineDDIMScheduler", "CosineDPMSolverScheduler"]
     order = 1
 
     @register_to_config
@@ -52,25 +59,50 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
         min_signal_rate: float = 0.02,
         max_signal_rate: float = 0.95,
         prediction_type: str = "epsilon",
-        num_train_timesteps: int = 1000,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
     ):
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"Unknown prediction_type {prediction_type!r}; expected one of {', '.join(map(repr, PREDICTION_TYPES))}."
             )
+        if not clip_sample_range > 0:
+            raise ValueError(f"clip_sample_range must be positive, got {clip_sample_range!r}.")
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = torch.tensor([1.0])
 
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
+    @classmethod
+    def _get_compatibles(cls):
+        """The schedulers this one's config can be swapped into with `from_config` (`scheduler.compatibles`).
 
-    def signal_noise_rates(self, timesteps) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return `(signal_rate, noise_rate)` for continuous times `timesteps` (any shape, in [0, 1])."""
-        return signal_noise_rates(
-            timesteps, self.config.schedule, self.config.min_signal_rate, self.config.max_signal_rate
-        )
+        diffusers' own lookup searches only the diffusers package; these classes are found among
+        `CosineDDIMScheduler` and its subclasses instead.
+        """
+        family, pending = {}, [CosineDDIMScheduler]
+        while pending:
+            klass = pending.pop()
+            family.setdefault(klass.__name__, klass)
+            pending.extend(klass.__subclasses__())
+        return [family[name] for name in dict.fromkeys([cls.__name__, *cls._compatibles]) if name in family]
+
+    def signal_noise_rates(self, timesteps, sample: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(signal_rate, noise_rate)`, i.e. `(alpha_t, sigma_t)`, for continuous times `timesteps` in [0, 1].
+
+        Without `sample`: tensors of `timesteps`' shape. With `sample` (B, C, H, W): on its device, in
+        float32 (float64 for a float64 sample), shaped to broadcast over it, i.e. (B, 1, 1, 1) for one
+        time per sample or 0-d for one time for all.
+        """
+        if sample is None:
+            return signal_noise_rates(
+                timesteps, self.config.schedule, self.config.min_signal_rate, self.config.max_signal_rate
+            )
+        dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        t = torch.as_tensor(timesteps, device=sample.device, dtype=dtype)
+        signal, noise = self.signal_noise_rates(t)
+        shape = (-1,) + (1,) * (sample.ndim - 1) if t.ndim == 1 else ()
+        return signal.reshape(shape), noise.reshape(shape)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """Identity, for interchangeability with schedulers that scale the model input."""
@@ -93,23 +125,18 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
         # Times are float32, so "1/N - 1/N" may come out as ~1e-8: anything under half a step is the end.
         return torch.where(prev < 0.5 * step, torch.zeros_like(prev), prev)
 
-    def _rates(self, timesteps, sample: torch.Tensor, clean_at_zero: bool = False):
-        """Signal and noise rates for `timesteps` (scalar or shape (B,)), shaped to broadcast over `sample`."""
-        dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
-        t = torch.as_tensor(timesteps, device=sample.device, dtype=dtype)
-        signal, noise = self.signal_noise_rates(t)
-        if clean_at_zero:
-            # t = 0 is the end of sampling: the clean data itself (alpha = 1), not the training bound.
-            signal = torch.where(t <= 0, torch.ones_like(signal), signal)
-            noise = torch.where(t <= 0, torch.zeros_like(noise), noise)
-        shape = (-1,) + (1,) * (sample.ndim - 1) if t.ndim == 1 else ()
-        return signal.reshape(shape), noise.reshape(shape)
+    def _step_rates(self, timesteps, sample: torch.Tensor):
+        """`signal_noise_rates` where t = 0 means the end of sampling: the clean data (alpha = 1, sigma = 0),
+        not the training bound `max_signal_rate`."""
+        signal, noise = self.signal_noise_rates(timesteps, sample)
+        at_end = torch.as_tensor(timesteps, device=sample.device).reshape(signal.shape) <= 0
+        return torch.where(at_end, torch.ones_like(signal), signal), torch.where(at_end, torch.zeros_like(noise), noise)
 
     def convert_model_output(
         self, model_output: torch.Tensor, timestep, sample: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Turn a model output into `(pred_original_sample, pred_epsilon)` at time `timestep`."""
-        signal, noise = self._rates(timestep, sample)
+        signal, noise = self.signal_noise_rates(timestep, sample)
         kind = self.config.prediction_type
         if kind == "epsilon":
             pred_epsilon = model_output
@@ -130,6 +157,7 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
         timestep,
         sample: torch.Tensor,
         eta: float = 0.0,
+        use_clipped_model_output: bool = False,
         generator: torch.Generator | list[torch.Generator] | None = None,
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
@@ -138,9 +166,13 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
 
         Args:
             model_output (`torch.Tensor`): the model's prediction, shape (B, C, H, W).
-            timestep (`float` or `torch.Tensor`): the current continuous time, one of `self.timesteps`.
+            timestep (`float` or `torch.Tensor`): the current continuous time t in [0, 1], one of
+                `self.timesteps`.
             sample (`torch.Tensor`): the current noisy sample x_t, shape (B, C, H, W).
             eta (`float`): 0 for deterministic DDIM, 1 for the DDPM posterior variance.
+            use_clipped_model_output (`bool`, defaults to False): with `clip_sample`, re-derive the
+                noise estimate from the clipped clean estimate (as diffusers' `DDIMScheduler`); without
+                clipping it changes nothing.
             generator: random generator(s) for the noise added when `eta > 0`.
             variance_noise (`torch.Tensor`, optional): that noise given directly instead.
 
@@ -151,11 +183,17 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
         dtype = sample.dtype
         work = torch.float64 if dtype == torch.float64 else torch.float32
         x_t, model_output = sample.to(work), model_output.to(work)
+        check_times(timestep)
         prev_t = self.previous_timestep(timestep)
 
         pred_original_sample, pred_epsilon = self.convert_model_output(model_output, timestep, x_t)
-        alpha_t, sigma_t = self._rates(timestep, x_t)
-        alpha_s, sigma_s = self._rates(prev_t, x_t, clean_at_zero=True)
+        alpha_t, sigma_t = self.signal_noise_rates(timestep, x_t)
+        alpha_s, sigma_s = self._step_rates(prev_t, x_t)
+        if self.config.clip_sample:
+            bound = self.config.clip_sample_range
+            pred_original_sample = pred_original_sample.clamp(-bound, bound)
+            if use_clipped_model_output:
+                pred_epsilon = (x_t - alpha_t * pred_original_sample) / sigma_t
 
         # eta_sigma = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)  (DDIM eq. 16)
         eta_sigma = eta * (sigma_s / sigma_t) * torch.sqrt((1.0 - alpha_t**2 / alpha_s**2).clamp(min=0.0))
@@ -179,11 +217,13 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
 
         `timesteps` is a continuous time per sample (shape (B,)) or one for all (scalar).
         """
-        signal, noise_rate = self._rates(timesteps, original_samples)
+        check_times(timesteps, "timesteps")
+        signal, noise_rate = self.signal_noise_rates(timesteps, original_samples)
         out = signal * original_samples.to(signal.dtype) + noise_rate * noise.to(signal.dtype)
         return out.to(original_samples.dtype)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """The v-prediction target `alpha_t * noise - sigma_t * sample` (Salimans & Ho 2022)."""
-        signal, noise_rate = self._rates(timesteps, sample)
+        check_times(timesteps, "timesteps")
+        signal, noise_rate = self.signal_noise_rates(timesteps, sample)
         return (signal * noise.to(signal.dtype) - noise_rate * sample.to(signal.dtype)).to(sample.dtype)

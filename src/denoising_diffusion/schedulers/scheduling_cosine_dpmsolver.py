@@ -23,13 +23,14 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
+from .noise_schedule import check_times
 from .scheduling_cosine_ddim import CosineDDIMScheduler
 
 
 class CosineDPMSolverScheduler(CosineDDIMScheduler):
     """Multistep DPM-Solver++ (order 1 or 2) for continuous-time models; see the module docstring.
 
-    Args: as `CosineDDIMScheduler`, plus
+    Args: as `CosineDDIMScheduler` (`clip_sample` clips each data prediction), plus
         solver_order (`int`, defaults to 2): 2 for DPM-Solver++(2M), 1 for DPM-Solver++(1)
             (which equals deterministic DDIM).
     """
@@ -43,21 +44,34 @@ class CosineDPMSolverScheduler(CosineDDIMScheduler):
         min_signal_rate: float = 0.02,
         max_signal_rate: float = 0.95,
         prediction_type: str = "epsilon",
-        num_train_timesteps: int = 1000,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
         solver_order: int = 2,
     ):
-        super().__init__(schedule, min_signal_rate, max_signal_rate, prediction_type, num_train_timesteps)
+        # By keyword: diffusers records positional arguments as "left at their defaults", and
+        # `from_config` would then drop them when switching schedulers.
+        super().__init__(schedule=schedule, min_signal_rate=min_signal_rate, max_signal_rate=max_signal_rate,
+                         prediction_type=prediction_type, clip_sample=clip_sample, clip_sample_range=clip_sample_range)
         if solver_order not in (1, 2):
             raise ValueError(f"solver_order must be 1 or 2, got {solver_order!r}.")
+        self._times: list[float] = []  # the inference times, on the host
+        self._previous: list[float] = []  # the time each step goes to
+        self._step_index = 0
         self._history: list[tuple[torch.Tensor, float]] = []  # (x0_hat, lambda) of earlier steps
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
         super().set_timesteps(num_inference_steps, device)
+        # Host copies of the times (float32 values, as `timesteps`) and of `previous_timestep` of each:
+        # each step reads its times here, never from a device tensor (no device syncs).
+        times = (torch.arange(num_inference_steps, 0, -1, dtype=torch.float64) / num_inference_steps).float()
+        self._times = times.tolist()
+        self._previous = [float(self.previous_timestep(t)) for t in times.tolist()]
+        self._step_index = 0
         self._history = []
 
-    def _log_snr(self, t) -> float:
-        signal, noise = self.signal_noise_rates(torch.as_tensor(t, dtype=torch.float64))
-        return float(torch.log(signal / noise))
+    def _alpha_sigma(self, t: float) -> tuple[float, float]:
+        signal, noise = self.signal_noise_rates(torch.tensor(t, dtype=torch.float64))
+        return float(signal), float(noise)
 
     def step(
         self,
@@ -65,27 +79,40 @@ class CosineDPMSolverScheduler(CosineDDIMScheduler):
         timestep,
         sample: torch.Tensor,
         eta: float = 0.0,
+        use_clipped_model_output: bool = False,
         generator=None,
         variance_noise=None,
         return_dict: bool = True,
     ) -> DDIMSchedulerOutput | tuple:
         """One DPM-Solver++ step from `timestep` to the next (less noisy) time.
 
-        `eta`, `generator` and `variance_noise` are accepted for interchangeability with
-        `CosineDDIMScheduler` and ignored: this solver is deterministic.
+        Steps must follow `self.timesteps` in order (the solver keeps the previous data prediction).
+        `eta`, `use_clipped_model_output`, `generator` and `variance_noise` are accepted for
+        interchangeability with `CosineDDIMScheduler` and ignored: this solver is deterministic and
+        uses the data prediction only.
         """
+        if self.num_inference_steps is None:
+            raise ValueError("Call `set_timesteps(num_inference_steps)` before `step()`.")
+        if self._step_index >= self.num_inference_steps:
+            raise ValueError(
+                f"step() was called more than num_inference_steps={self.num_inference_steps} times; "
+                "call `set_timesteps` again to start a new sampling run."
+            )
+        check_times(timestep)
         dtype = sample.dtype
         work = torch.float64 if dtype == torch.float64 else torch.float32
         x = sample.to(work)
+        t, prev_t = self._times[self._step_index], self._previous[self._step_index]
+        self._step_index += 1
         x0_hat, _ = self.convert_model_output(model_output.to(work), timestep, x)
-        prev_t = float(self.previous_timestep(timestep))
+        if self.config.clip_sample:
+            x0_hat = x0_hat.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
         if prev_t <= 0:
             prev_sample = x0_hat  # sigma = 0: the data prediction itself
         else:
-            lam_prev, lam = self._log_snr(timestep), self._log_snr(prev_t)
+            (alpha_t, sigma_t), (alpha_s, sigma_s) = self._alpha_sigma(t), self._alpha_sigma(prev_t)
+            lam_prev, lam = math.log(alpha_t / sigma_t), math.log(alpha_s / sigma_s)
             h = lam - lam_prev
-            alpha_s, sigma_s = self._rates(prev_t, x)
-            _, sigma_t = self._rates(timestep, x)
             if self.config.solver_order == 2 and self._history:
                 x0_older, lam_older = self._history[-1]
                 r = (lam_prev - lam_older) / h
@@ -98,4 +125,3 @@ class CosineDPMSolverScheduler(CosineDDIMScheduler):
         if not return_dict:
             return (prev_sample, x0_hat)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_hat)
-

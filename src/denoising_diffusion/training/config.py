@@ -128,7 +128,12 @@ class TrainingConfig:
 
     # -- outputs
     output_dir: str = field(default="outputs/digits", metadata={"help": "Where checkpoints and the pipeline go."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow a non-empty output_dir."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train anew in an output_dir that holds an earlier run: its checkpoints and sample grids are "
+                          "deleted (once the set-up checks pass), so that 'latest' can only mean this run's. "
+                          "Ignored with resume_from_checkpoint."},
+    )
     logger: str = field(default="tensorboard", metadata={"help": "'tensorboard', 'wandb', 'trackio' or 'none'."})
     logging_dir: str = field(default="logs", metadata={"help": "Tracker folder, inside output_dir."})
     logging_steps: int = field(default=10, metadata={"help": "Log (and check the loss is finite) every N steps."})
@@ -184,6 +189,11 @@ class TrainingConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} is not valid; expected an integer >= 1.")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ConfigError(
+                f"checkpoints_total_limit={self.checkpoints_total_limit} is not valid; expected an integer >= 1 "
+                "(or unset to keep every checkpoint): resuming needs at least the newest one."
+            )
         if self.max_train_steps is not None and self.max_train_steps < 1:
             raise ConfigError(f"max_train_steps={self.max_train_steps} is not valid; expected an integer >= 1.")
         if not 0.0 <= self.cond_drop_prob < 1.0:

@@ -1,12 +1,17 @@
 """Training data through Hugging Face `datasets`: loading, checking and decoding images once.
 
 Every source (the built-in digits, a Hub id, a local dataset folder or files, an image folder)
-becomes a `datasets.Dataset` (or `IterableDataset` when streaming) with a `pixel_values` column of
-uint8 tensors shaped (C, resolution, resolution), plus `labels` when a label column is used.
-Scaling to floats, normalisation and flips happen on the training device, batch by batch.
+becomes a dataset of examples with `pixel_values` (uint8 tensors shaped (C, resolution, resolution)),
+plus `labels` when a label column is used. Scaling to floats, normalisation and flips happen on the
+training device, batch by batch.
+
+Random crops are a pure function of (seed, epoch, image) for map-style data and of (seed, position
+in the shuffled stream) when streaming: the same whichever DataLoader worker or process decodes
+them, and the same again after a resume, with nothing to checkpoint.
 """
 
 import io
+import itertools
 import os
 from pathlib import Path
 
@@ -56,6 +61,8 @@ def load_raw_dataset(config: TrainingConfig):
         else:
             dataset = datasets.load_dataset(name, config.dataset_config_name, split=config.dataset_split,
                                             streaming=config.streaming)
+        if config.streaming and isinstance(dataset, datasets.Dataset):
+            dataset = dataset.to_iterable_dataset()  # in memory or on disk already: stream it all the same
     except ValueError as error:
         if "corresponds to no data" in str(error):
             raise ConfigError(f"The dataset {source!r} (split {config.dataset_split!r}) is empty.") from error
@@ -106,7 +113,8 @@ def _check_channels(image: PIL.Image.Image, channels: int, where: str) -> None:
 
 
 def image_to_tensor(image: PIL.Image.Image, config: TrainingConfig, rng: np.random.Generator | None) -> torch.Tensor:
-    """Resize the shorter side to `resolution`, crop a square (center, or random with `rng`), to uint8 (C, H, W)."""
+    """Resize the shorter side to `resolution`, crop a square (center, or random with `rng` unless
+    `center_crop`), to uint8 (C, H, W)."""
     image = image.convert("L" if config.channels == 1 else "RGB")
     size = config.resolution
     w, h = image.size
@@ -137,18 +145,21 @@ def _undecoded(dataset, column):
 def prepare_dataset(config: TrainingConfig):
     """Load, check and turn the dataset into `pixel_values` (uint8, (C, R, R)) and optional `labels`.
 
-    Non-streaming datasets with center crops are decoded once (`map` + torch format); otherwise
-    images are decoded on access (`with_transform`, random crops). Returns `(dataset, decoded_once)`.
+    Non-streaming datasets with center crops are decoded once (`map` + torch format); with random
+    crops they become a `RandomCropDataset` (decoded on access, sampled by its `sampler`); streamed
+    ones are decoded as they stream.
     """
     raw = _undecoded(load_raw_dataset(config), config.image_column)
     first = next(iter(raw))
     _check_channels(_open_image(first[config.image_column], "at index 0"), config.channels, "at index 0")
     keep = [c for c in (config.image_column, config.label_column) if c]
 
-    def convert(batch, indices, rng=None):
+    def convert(batch, indices, crop_seeds=None):
+        """Decode a batch; `crop_seeds` (one per image) seed its random crops (center crops without)."""
         out = {"pixel_values": []}
-        for value, index in zip(batch[config.image_column], indices):
-            image = _open_image(value, f"at index {index}" if isinstance(index, int) else "in this batch")
+        for i, (value, index) in enumerate(zip(batch[config.image_column], indices)):
+            image = _open_image(value, f"at index {index}")
+            rng = None if crop_seeds is None else np.random.default_rng(crop_seeds[i])
             out["pixel_values"].append(image_to_tensor(image, config, rng))
         if config.label_column:
             out["labels"] = [int(v) for v in batch[config.label_column]]
@@ -156,21 +167,69 @@ def prepare_dataset(config: TrainingConfig):
 
     if config.streaming:
         raw = raw.select_columns(keep).shuffle(seed=config.seed, buffer_size=1000)
-        dataset = raw.map(lambda b, i: convert(b, i, np.random.default_rng()), batched=True, with_indices=True,
-                          remove_columns=keep)
-        return dataset.with_format("torch"), False
+
+        def convert_stream(batch, positions):
+            # `positions` count from 0 in each pass over the (reshuffled) stream.
+            return convert(batch, positions, crop_seeds=[(config.seed, p) for p in positions])
+
+        dataset = raw.map(convert_stream, batched=True, with_indices=True, remove_columns=keep)
+        return dataset.with_format("torch")
     if config.center_crop:
         dataset = raw.map(convert, batched=True, with_indices=True, remove_columns=raw.column_names,
                           desc="Decoding images")
-        return dataset.with_format("torch"), True
-    raw = raw.select_columns(keep)
-    rng = np.random.default_rng(config.seed)
+        return dataset.with_format("torch")
+    return RandomCropDataset(raw.select_columns(keep), convert, config.seed)
 
-    def transform(batch):
-        # `with_transform` passes no indices; the error names the image by its path where it has one.
-        return convert(batch, [None] * len(batch[config.image_column]), rng)
 
-    return raw.with_transform(transform), False
+class RandomCropDataset(torch.utils.data.Dataset):
+    """Map-style data decoded on access with a random crop drawn from (seed, epoch, index) alone.
+
+    Indexed by `(epoch, index)` pairs, which `EpochSampler` yields in a shuffled order per epoch
+    (a plain integer index means epoch 0).
+    """
+
+    def __init__(self, raw, convert, seed: int):
+        self.raw, self.convert, self.seed = raw, convert, seed
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        if not 0 <= index < len(self.raw):
+            raise IndexError(index)
+        example = self.raw[int(index)]
+        batch = {name: [value] for name, value in example.items()}
+        out = self.convert(batch, [int(index)], crop_seeds=[(self.seed, int(epoch), int(index))])
+        return {name: values[0] for name, values in out.items()}
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def sampler(self, seed: int) -> "EpochSampler":
+        return EpochSampler(len(self), seed)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """`(epoch, index)` for every index, in an order shuffled by (seed, epoch) alone (`set_epoch`)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        return ((self.epoch, int(i)) for i in order)
+
+
+def first_examples(dataset, count: int):
+    """The first `count` examples of any dataset `prepare_dataset` returns (streamed ones too)."""
+    return itertools.islice(iter(dataset), count)
 
 
 def pixel_statistics(dataset, config: TrainingConfig) -> tuple[list[float], list[float]]:
@@ -179,9 +238,7 @@ def pixel_statistics(dataset, config: TrainingConfig) -> tuple[list[float], list
     total = torch.zeros(config.channels, dtype=torch.float64)
     total_sq = torch.zeros(config.channels, dtype=torch.float64)
     count = 0
-    for i, example in enumerate(dataset):
-        if i >= config.normalization_samples:
-            break
+    for example in first_examples(dataset, config.normalization_samples):
         pixels = example["pixel_values"].to(torch.float64).div(255.0).flatten(1)
         total += pixels.sum(1)
         total_sq += (pixels**2).sum(1)

@@ -5,8 +5,15 @@ form x_t = alpha_t x_0 + sigma_t eps, and penalise the network's estimate of the
 or the velocity (`loss_on`) with MAE or MSE (`loss`), whatever the network's `prediction_type`.
 
 Resuming is exact: model, optimiser, LR schedule, EMA, every RNG and the position in the data are
-restored, so N steps + resume + N steps gives the weights of 2N steps straight. The noise and
-times come from a dedicated generator per process whose state each checkpoint stores.
+restored, so N steps + resume + N steps gives the weights of 2N steps straight. The noise, times,
+flips and label drops come from a dedicated generator per process whose state each checkpoint
+stores; torch's global RNG (dropout) is re-seeded from (seed, process, step, micro-batch) before
+every forward pass, so nothing else that draws from it (data loader iterators, sample grids,
+evaluation) can shift it; random crops are a function of (seed, epoch, image) (see `data`).
+
+A checkpoint is written to a temporary folder, renamed into place, and only then are old ones
+pruned (`checkpoints_total_limit`), each renamed away before it is deleted: a kill at any moment
+leaves `latest` a complete checkpoint.
 """
 
 import json
@@ -35,10 +42,12 @@ from ..models.unet_continuous import ContinuousUNet2DModel
 from ..pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .config import ConfigError, TrainingConfig
-from .data import pixel_statistics, prepare_dataset
+from .data import first_examples, pixel_statistics, prepare_dataset
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Folders of interrupted saves and prunes (".checkpoint-STEP.partial", ".checkpoint-STEP.deleting").
+UNFINISHED_CHECKPOINT = re.compile(r"^\.checkpoint-(\d+)\.(partial|deleting)$")
 WARMUP_STEPS = 20  # optimiser steps left out of the measured training throughput
 
 
@@ -67,16 +76,19 @@ def diffusion_losses(unet, scheduler: CosineDDIMScheduler, x0: torch.Tensor, con
                      generator: torch.Generator, class_labels=None) -> dict[str, torch.Tensor]:
     """The training loss and the seeds' diagnostics (MAE on noise and on image) for one batch x0.
 
-    With `snr_gamma`, each image's loss is weighted by Min-SNR-gamma (Hang et al. 2023), expressed
-    for the target: min(SNR, g) / SNR on the noise, min(SNR, g) on the image, min(SNR, g) / (SNR + 1)
-    on the velocity, where SNR = alpha_t^2 / sigma_t^2.
+    With `snr_gamma`, each image's loss is weighted by Min-SNR-gamma (Hang et al. 2023). For MSE the
+    weight is min(SNR, g) in image space, i.e. min(SNR, g) / SNR on the noise, min(SNR, g) on the
+    image and min(SNR, g) / (SNR + 1) on the velocity, where SNR = alpha_t^2 / sigma_t^2. MAE errors
+    scale with the square root of what MSE errors scale with (|x0 - x0_hat| = |eps - eps_hat| /
+    sqrt(SNR), |v - v_hat| = sqrt(SNR + 1) |x0 - x0_hat|), so for MAE each weight is the square root
+    of the MSE one: the same clamp of the per-time loss scale at g, stated for absolute errors.
     """
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     prediction = unet(noisy, t, class_labels=class_labels).sample.float()
     x0_hat, eps_hat = scheduler.convert_model_output(prediction, t, noisy)
-    signal, sigma = scheduler._rates(t, x0)
+    signal, sigma = scheduler.signal_noise_rates(t, x0)
     if config.loss_on == "noise":
         estimate, target = eps_hat, noise
     elif config.loss_on == "image":
@@ -90,6 +102,8 @@ def diffusion_losses(unet, scheduler: CosineDDIMScheduler, x0: torch.Tensor, con
         snr = (signal / sigma).flatten() ** 2
         clipped = torch.clamp(snr, max=config.snr_gamma)
         weight = {"noise": clipped / snr, "image": clipped, "velocity": clipped / (snr + 1)}[config.loss_on]
+        if config.loss == "mae":
+            weight = weight.sqrt()
         per_image = loss_fn(estimate, target, reduction="none").flatten(1).mean(1)
         loss = (weight * per_image).mean()
     return {
@@ -154,7 +168,7 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.started, self.previous_seconds = time.perf_counter(), 0.0
-        self.hub_futures = []
+        self.hub_futures = []  # (folder, Future) of background checkpoint pushes
         self.kid_history = []
         self.train_images_per_second = None
         self.accelerator = Accelerator(
@@ -168,7 +182,8 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ set-up (all checks first)
-    def _check_output_dir(self):
+    def _check_output_dir(self) -> bool:
+        """Refuse to train over an earlier run by accident; True when an earlier run is to be replaced."""
         config = self.config
         existing = self.output_dir.is_dir() and (
             (self.output_dir / "model_index.json").exists() or find_checkpoint(self.output_dir, "latest") is not None
@@ -178,17 +193,32 @@ class Trainer:
                 f"output_dir {str(self.output_dir)!r} already holds a trained pipeline or checkpoints; pass "
                 "--resume_from_checkpoint latest to continue, --overwrite_output_dir to train anew, or another output_dir."
             )
+        return existing and not config.resume_from_checkpoint
+
+    def _remove_previous_run(self):
+        """--overwrite_output_dir: the earlier run's checkpoints and sample grids go, so that a later
+        `--resume_from_checkpoint latest` can only find this run's."""
+        for path in self.output_dir.iterdir():
+            if CHECKPOINT.match(path.name) or UNFINISHED_CHECKPOINT.match(path.name) or path.name == "samples":
+                shutil.rmtree(path)
+
+    def _remove_unfinished_checkpoints(self):
+        """Folders left by a save or a prune that was killed half-way; never a resumable checkpoint."""
+        for path in self.output_dir.glob(".checkpoint-*"):
+            if UNFINISHED_CHECKPOINT.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
 
     def setup(self):
         config, accelerator = self.config, self.accelerator
-        self._check_output_dir()
+        replace_previous_run = self._check_output_dir()
         set_seed(config.seed)
         self.unet = build_unet(config)
         # The UNet's last class embedding means "no class" (as CosineDDIMPipeline.null_class_label).
         num_class_embeds = self.unet.config.num_class_embeds
         self.null_class_label = None if num_class_embeds is None else num_class_embeds - 1
         self.noise_scheduler = build_scheduler(config)
-        self.dataset, _ = prepare_dataset(config)
+        with accelerator.main_process_first():  # the others then read the decoded data from datasets' cache
+            self.dataset = prepare_dataset(config)
         if config.normalization == "dataset":
             self.image_mean, self.image_std = pixel_statistics(self.dataset, config)
         else:
@@ -199,25 +229,25 @@ class Trainer:
 
         self.ema = None
         if config.use_ema:
-            self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay,
+            self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay, foreach=True,
                                 model_cls=ContinuousUNet2DModel, model_config=self.unet.config)
         optimizer = torch.optim.AdamW(
             self.unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
             foreach=True,  # one multi-tensor update instead of a loop over parameters (torch uses it on GPUs only by default)
         )
+        sampler = self.dataset.sampler(config.seed) if hasattr(self.dataset, "sampler") else None
         dataloader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=config.train_batch_size, shuffle=not config.streaming,
-            num_workers=config.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda",
-            persistent_workers=config.dataloader_num_workers > 0,
+            self.dataset, batch_size=config.train_batch_size, shuffle=not config.streaming and sampler is None,
+            sampler=sampler, num_workers=config.dataloader_num_workers,
+            pin_memory=accelerator.device.type == "cuda", persistent_workers=config.dataloader_num_workers > 0,
         )
         if config.streaming:
-            self.steps_per_epoch = config.max_train_steps
+            self.steps_per_epoch = None  # unknown: an epoch is one pass over the stream
         else:
             batches = math.ceil(len(self.dataset) / (config.train_batch_size * accelerator.num_processes))
             self.steps_per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
         self.max_train_steps = config.max_train_steps or config.num_epochs * self.steps_per_epoch
-        self.num_epochs = math.ceil(self.max_train_steps / self.steps_per_epoch)
         lr_scheduler = get_scheduler(
             config.lr_scheduler, optimizer=optimizer,
             num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
@@ -237,7 +267,7 @@ class Trainer:
             config.seed + 1000 * accelerator.process_index + 1
         )
         self.kid_features = self.real_features = None
-        if config.eval_every_epochs:
+        if config.eval_every_epochs and accelerator.is_main_process:  # only the main process evaluates
             self._setup_kid()
         shape = (config.num_grid_images, config.channels, config.resolution, config.resolution)
         self.grid_latents = torch.randn(shape, generator=torch.Generator().manual_seed(config.seed))
@@ -247,11 +277,15 @@ class Trainer:
         )
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            if replace_previous_run:
+                self._remove_previous_run()
+            self._remove_unfinished_checkpoints()
             (self.output_dir / "training_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             if config.logger != "none":
                 flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
                         for k, v in config.to_dict().items()}
                 accelerator.init_trackers("train_ddim", config=flat)
+        accelerator.wait_for_everyone()
 
     def _setup_kid(self):
         """Load the KID feature extractor and embed the real images once (errors surface before training)."""
@@ -264,8 +298,8 @@ class Trainer:
             self.kid_features = feature_extractor(name, config.inception_weights).to(self.accelerator.device)
         except RuntimeError as error:
             raise ConfigError(f"eval_every_epochs={config.eval_every_epochs} needs KID features: {error}") from error
-        count = len(self.dataset) if not config.streaming else config.eval_num_samples
-        pixels = torch.stack([self.dataset[i]["pixel_values"] for i in range(min(count, 5000))])
+        count = config.eval_num_samples if config.streaming else min(len(self.dataset), 5000)
+        pixels = torch.stack([example["pixel_values"] for example in first_examples(self.dataset, count)])
         self.real_features = extract_features(pixels.float() / 255.0, self.kid_features)
 
     def evaluate_kid(self) -> dict[str, float]:
@@ -283,9 +317,11 @@ class Trainer:
         null = self.null_class_label
         if config.streaming:
             labels = torch.as_tensor([next(iter(self.dataset))["labels"]])
-        else:  # read the column without decoding images
+        elif hasattr(self.dataset, "with_format"):  # read the column without decoding images
             plain = self.dataset.with_format(None)
             labels = torch.as_tensor(plain["labels" if "labels" in plain.column_names else config.label_column])
+        else:
+            labels = torch.as_tensor(self.dataset.raw.with_format(None)[config.label_column])
         if labels.is_floating_point() or labels.min() < 0 or labels.max() >= null:
             raise ConfigError(
                 f"label_column={config.label_column!r} holds labels from {labels.min().item()} to {labels.max().item()}, "
@@ -301,30 +337,39 @@ class Trainer:
         return torch.where(drop, torch.full_like(labels, self.null_class_label), labels)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, step: int) -> Path:
-        """Write `checkpoint-STEP` through a temporary folder, so a kill never leaves a broken one."""
+    def save_checkpoint(self, step: int, position: dict) -> Path:
+        """Write `checkpoint-STEP` through a temporary folder, rename it into place, then prune.
+
+        `position` is where the data stands (`epoch`, `batches_in_epoch`). A kill at any moment leaves
+        the newest complete checkpoint as `latest`: the new one takes its name only once complete,
+        and old ones are pruned only after that, each renamed away before it is deleted.
+        """
         accelerator, config = self.accelerator, self.config
         final = self.output_dir / f"checkpoint-{step}"
         partial = self.output_dir / f".checkpoint-{step}.partial"
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
-            if config.checkpoints_total_limit is not None:
-                kept = sorted(
-                    (int(m.group(1)), p) for p in self.output_dir.glob("checkpoint-*") if (m := CHECKPOINT.match(p.name))
-                )
-                for _, old in kept[: max(0, len(kept) - config.checkpoints_total_limit + 1)]:
-                    shutil.rmtree(old)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(partial))
         torch.save(self.generator.get_state(), partial / f"noise_rng_{accelerator.process_index}.pt")
         if accelerator.is_main_process:
-            (partial / "training_state.json").write_text(json.dumps({"training_seconds": self.training_seconds()}))
+            state = {"training_seconds": self.training_seconds(), **position, "kid_history": self.kid_history}
+            (partial / "training_state.json").write_text(json.dumps(state))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
+            if config.checkpoints_total_limit is not None:
+                self._prune_checkpoints(config.checkpoints_total_limit)
         accelerator.wait_for_everyone()
         return final
+
+    def _prune_checkpoints(self, limit: int):
+        kept = sorted((int(m.group(1)), p) for p in self.output_dir.glob("checkpoint-*") if (m := CHECKPOINT.match(p.name)))
+        for step, old in kept[: max(0, len(kept) - limit)]:
+            doomed = self.output_dir / f".checkpoint-{step}.deleting"
+            os.replace(old, doomed)  # atomic: a half-deleted folder never keeps a checkpoint name
+            shutil.rmtree(doomed)
 
     def push_checkpoint(self, checkpoint: Path, step: int):
         """Upload this checkpoint's EMA pipeline to the Hub repo in the background (`run_as_future`)."""
@@ -333,26 +378,40 @@ class Trainer:
         folder = checkpoint / "pipeline"
         self.pipeline().save_pretrained(folder)
         repo_id = self.config.hub_model_id or self.output_dir.resolve().name
-        self.hub_futures.append(push_folder(folder, repo_id, private=self.config.hub_private_repo or None,
-                                            token=self.config.hub_token, commit_message=f"Checkpoint {step}",
-                                            run_as_future=True))
+        future = push_folder(folder, repo_id, private=self.config.hub_private_repo or None, token=self.config.hub_token,
+                             commit_message=f"Checkpoint {step}", run_as_future=True)
+        self.hub_futures.append((folder, future))
 
-    def resume(self) -> int:
-        """Restore the checkpoint `resume_from_checkpoint` names; returns its step (0 when starting anew)."""
+    def resume(self) -> tuple[int, int, int]:
+        """Restore the checkpoint `resume_from_checkpoint` names.
+
+        Returns `(global_step, epoch, batches_in_epoch)`: where training and the data stand
+        (zeros when starting anew).
+        """
         if not self.config.resume_from_checkpoint:
-            return 0
+            return 0, 0, 0
         path = find_checkpoint(self.output_dir, self.config.resume_from_checkpoint)
         if path is None:
             logger.warning("No checkpoint in %s; starting a new run.", self.output_dir)
-            return 0
+            return 0, 0, 0
         self.accelerator.load_state(str(path))
+        if self.ema is not None:  # load_state restores registered objects on the CPU
+            self.ema.to(self.accelerator.device)
         rng_file = path / f"noise_rng_{self.accelerator.process_index}.pt"
         self.generator.set_state(torch.load(rng_file))
-        state = path / "training_state.json"
-        if state.exists():
-            self.previous_seconds = json.loads(state.read_text())["training_seconds"]
+        step = int(CHECKPOINT.match(path.name).group(1))
+        state_file = path / "training_state.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        self.previous_seconds = state.get("training_seconds", 0.0)
+        self.kid_history = state.get("kid_history", [])
+        if "epoch" in state:
+            position = state["epoch"], state["batches_in_epoch"]
+        elif self.steps_per_epoch is not None:  # checkpoints written before positions were stored
+            position = step // self.steps_per_epoch, (step % self.steps_per_epoch) * self.config.gradient_accumulation_steps
+        else:
+            raise ConfigError(f"{path} does not record its position in the stream; it cannot be resumed exactly.")
         self.accelerator.print(f"Resumed from {path}")
-        return int(CHECKPOINT.match(path.name).group(1))
+        return step, *position
 
     def training_seconds(self) -> float:
         """Wall time spent training, across resumed runs."""
@@ -393,6 +452,11 @@ class Trainer:
         x = (x - mean) / std
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
+    def seed_global_rng(self, global_step: int, micro_batch: int):
+        """Seed torch's global RNG (dropout draws from it) from (seed, process, step, micro-batch) alone."""
+        key = [self.config.seed, self.accelerator.process_index, global_step, micro_batch]
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+
     def _synchronized_clock(self) -> float:
         if self.accelerator.device.type == "cuda":
             torch.cuda.synchronize(self.accelerator.device)
@@ -410,27 +474,31 @@ class Trainer:
     def train(self) -> Path:
         self.setup()
         config, accelerator = self.config, self.accelerator
-        global_step = self.resume()
-        first_epoch = global_step // self.steps_per_epoch
-        skip_batches = (global_step % self.steps_per_epoch) * config.gradient_accumulation_steps
+        global_step, first_epoch, skip_batches = self.resume()
         device = accelerator.device
-        first_bad = torch.zeros((), dtype=torch.long, device=device)
+        first_bad = torch.zeros((), dtype=torch.long, device=device)  # the first step with a non-finite loss
+        step_bad = torch.zeros((), dtype=torch.bool, device=device)  # any micro-batch of this step non-finite
         running = {k: torch.zeros((), device=device) for k in ("loss", "noise_loss", "image_loss")}
-        running_count, images_seen, clock = 0, 0, time.perf_counter()
+        running_count, images_seen, clock, micro_batch = 0, 0, time.perf_counter(), 0
         progress = tqdm(total=self.max_train_steps, initial=global_step, desc="Training", dynamic_ncols=True,
                         disable=not accelerator.is_local_main_process)
         # Throughput after a warm-up of WARMUP_STEPS optimiser steps (start-up and allocation excluded).
         warm_step, warm_clock = global_step + WARMUP_STEPS, None
 
-        for epoch in range(first_epoch, self.num_epochs):
-            if global_step >= self.max_train_steps:
-                break
+        epoch = first_epoch
+        while global_step < self.max_train_steps:
             self.unet.train()
             self.dataloader.set_epoch(epoch)
             loader = self.dataloader
-            if epoch == first_epoch and skip_batches:
-                loader = accelerator.skip_first_batches(self.dataloader, skip_batches)
+            batches_in_epoch = skip_batches if epoch == first_epoch else 0
+            if batches_in_epoch:
+                loader = accelerator.skip_first_batches(self.dataloader, batches_in_epoch)
+            passed = False
             for batch in loader:
+                passed = True
+                batches_in_epoch += 1
+                self.seed_global_rng(global_step, micro_batch)
+                micro_batch += 1
                 with accelerator.accumulate(self.unet):
                     x0 = self.to_model_space(batch["pixel_values"])
                     labels = self.labels_for_training(batch["labels"].to(device)) if self.use_labels else None
@@ -441,6 +509,7 @@ class Trainer:
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                step_bad |= ~torch.isfinite(losses["loss"].detach())  # every micro-batch, without a sync
                 for key in running:
                     running[key] += losses[key].detach()
                 running_count += 1
@@ -448,10 +517,11 @@ class Trainer:
                 if not accelerator.sync_gradients:
                     continue
                 global_step += 1
+                micro_batch = 0
                 if self.ema is not None:
                     self.ema.step(self.unet.parameters())
-                not_finite = ~torch.isfinite(losses["loss"].detach())
-                first_bad = torch.where((first_bad == 0) & not_finite, torch.full_like(first_bad, global_step), first_bad)
+                first_bad = torch.where((first_bad == 0) & step_bad, torch.full_like(first_bad, global_step), first_bad)
+                step_bad = torch.zeros_like(step_bad)
                 progress.update(1)
                 if global_step == warm_step:
                     warm_clock = self._synchronized_clock()
@@ -469,18 +539,21 @@ class Trainer:
                     running_count, images_seen, clock = 0, 0, time.perf_counter()
                 if global_step % config.checkpointing_steps == 0:
                     self._raise_if_not_finite(first_bad)  # never checkpoint weights a bad step touched
-                    checkpoint = self.save_checkpoint(global_step)
+                    checkpoint = self.save_checkpoint(global_step, {"epoch": epoch, "batches_in_epoch": batches_in_epoch})
                     if config.push_to_hub and config.hub_push_checkpoints and accelerator.is_main_process:
                         self.push_checkpoint(checkpoint, global_step)
                 if global_step % config.save_images_steps == 0 and accelerator.is_main_process:
                     self.save_grid(global_step)
                 if global_step >= self.max_train_steps:
                     break
+            if not passed and not (epoch == first_epoch and skip_batches):
+                raise ConfigError(f"The dataset yielded no batch in epoch {epoch}; it is empty.")
             if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0 and accelerator.is_main_process:
                 scores = self.evaluate_kid()
                 accelerator.log(scores, step=global_step)
                 self.kid_history.append({"epoch": epoch + 1, "step": global_step, **scores})
                 progress.write(f"epoch {epoch + 1}: KID {scores['kid']:.4f} ± {scores['kid_std']:.4f}, FID {scores['fid']:.2f}")
+            epoch += 1
         progress.close()
         if warm_clock is not None and global_step > warm_step:
             images = ((global_step - warm_step) * config.train_batch_size * config.gradient_accumulation_steps
@@ -495,7 +568,7 @@ class Trainer:
 
     def finish(self, global_step: int):
         """Save the EMA pipeline, its sample grid, a training summary and the model card; push if asked."""
-        from ..hub import push_folder, write_model_card
+        from ..hub import PushError, push_folder, retry_command, write_model_card
 
         config = self.config
         pipe = self.pipeline()
@@ -516,12 +589,22 @@ class Trainer:
         (self.output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         repo_id = config.hub_model_id or self.output_dir.resolve().name
         write_model_card(self.output_dir, repo_id if config.push_to_hub else None)
-        for future in self.hub_futures:
-            future.result()
+        failed = []
+        for folder, future in self.hub_futures:
+            try:
+                future.result()
+            except Exception as error:  # noqa: BLE001 - reported with its retry command; the final push goes on
+                failed.append(f"{folder} ({type(error).__name__}: {error}); retry with: "
+                              f"{retry_command(folder, repo_id, config.hub_private_repo or None)}")
+        for line in failed:
+            logger.warning("A checkpoint push failed: %s", line)
         if config.push_to_hub:
             info = push_folder(self.output_dir, repo_id, private=config.hub_private_repo or None,
                                token=config.hub_token)
             self.accelerator.print(f"Pushed to {info.commit_url}")
+        if failed:
+            raise PushError(f"{len(failed)} checkpoint push(es) failed; every local file is kept. "
+                            + " ".join(failed))
 
 
 def train(config: TrainingConfig) -> Path:
