@@ -79,7 +79,10 @@ class FakeHub:
                     repo = hub.repos.get(m["repo"])
                     if repo is None:
                         return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-                    if hub.fail_commits:
+                    header = json.loads(body.decode().splitlines()[0])["value"]
+                    # fail_commits: True fails every commit; a string fails those whose summary contains it.
+                    if hub.fail_commits is True or (isinstance(hub.fail_commits, str)
+                                                    and hub.fail_commits in header.get("summary", "")):
                         return self._send(500, {"error": "simulated server failure"})
                     for line in body.decode().splitlines():
                         item = json.loads(line)

@@ -93,15 +93,16 @@ def test_label_errors_before_training(tmp_path):
         parse_config(TINY + ["--unet", unet])
 
 
+@pytest.mark.parametrize("loss", ["mse", "mae"])
 @pytest.mark.parametrize("loss_on", ["noise", "image", "velocity"])
-def test_min_snr_weighting(loss_on):
+def test_min_snr_weighting(loss_on, loss):
     from denoising_diffusion import CosineDDIMScheduler
 
     torch.manual_seed(0)
     pipe = tiny_pipeline()
     scheduler = CosineDDIMScheduler(prediction_type="v_prediction" if loss_on == "velocity" else "epsilon")
     x0 = torch.randn(6, 1, 8, 8)
-    config = parse_config(["--loss", "mse", "--loss_on", loss_on])
+    config = parse_config(["--loss", loss, "--loss_on", loss_on])
     plain = trainer_module.diffusion_losses(pipe.unet, scheduler, x0, config, torch.Generator().manual_seed(1))
     config.snr_gamma = 5.0
     weighted = trainer_module.diffusion_losses(pipe.unet, scheduler, x0, config, torch.Generator().manual_seed(1))
@@ -110,14 +111,19 @@ def test_min_snr_weighting(loss_on):
     noise, t = torch.randn(x0.shape, generator=g), torch.rand(6, generator=g)
     signal, sigma = scheduler.signal_noise_rates(t)
     snr = (signal / sigma) ** 2
+    # Min-SNR-gamma caps the image-space weight of squared errors at gamma: min(SNR, 5) on x0, which is
+    # min(SNR, 5) / SNR on eps and min(SNR, 5) / (SNR + 1) on v. Absolute errors scale with the square
+    # roots of those factors (|x0 err| = |eps err| / sqrt(SNR), |v err| = sqrt(SNR + 1) |x0 err|).
     weight = {"noise": snr.clamp(max=5) / snr, "image": snr.clamp(max=5), "velocity": snr.clamp(max=5) / (snr + 1)}[loss_on]
+    if loss == "mae":
+        weight = weight.sqrt()
     with torch.no_grad():
         noisy = scheduler.add_noise(x0, noise, t)
         x0_hat, eps_hat = scheduler.convert_model_output(pipe.unet(noisy, t).sample, t, noisy)
         s4, n4 = signal.view(-1, 1, 1, 1), sigma.view(-1, 1, 1, 1)
         est, tgt = {"noise": (eps_hat, noise), "image": (x0_hat, x0),
                     "velocity": (s4 * eps_hat - n4 * x0_hat, s4 * noise - n4 * x0)}[loss_on]
-        per_image = ((est - tgt) ** 2).flatten(1).mean(1)
+        per_image = ((est - tgt) ** 2 if loss == "mse" else (est - tgt).abs()).flatten(1).mean(1)
     torch.testing.assert_close(weighted["loss"], (weight * per_image).mean(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(plain["loss"], per_image.mean(), atol=1e-5, rtol=1e-4)
 

@@ -122,3 +122,18 @@ def test_failed_push_at_the_end_of_training_keeps_the_run_and_says_how_to_retry(
     assert "Traceback" not in result.stderr
     assert f"retry with: python -m denoising_diffusion.hub push {out} --repo_id someone/run" in result.stderr
     assert (out / "model_index.json").exists() and (out / "README.md").exists()
+
+
+def test_a_failed_checkpoint_push_still_pushes_the_final_pipeline_and_says_how_to_retry(tmp_path):
+    out = tmp_path / "run"
+    with FakeHub() as hub:
+        hub.fail_commits = "Checkpoint 1"  # the background push of checkpoint-1 fails, the others go through
+        result = run([str(ROOT / "train_ddim.py"), *TINY, "--output_dir", str(out), "--max_train_steps", "2",
+                      "--checkpointing_steps", "1", "--push_to_hub", "--hub_push_checkpoints",
+                      "--hub_model_id", "someone/run", "--hub_token", SECRET], hub, tmp_path, check=False)
+        repo = hub.repos["someone/run"]
+        assert "model_index.json" in repo["files"] and len(repo["commits"]) == 2  # checkpoint 2 and the final push
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "1 checkpoint push(es) failed" in result.stderr
+    assert f"retry with: python -m denoising_diffusion.hub push {out / 'checkpoint-1' / 'pipeline'} --repo_id someone/run" in result.stderr
+    assert (out / "checkpoint-1" / "pipeline" / "model_index.json").exists() and (out / "model_index.json").exists()
