@@ -342,3 +342,12 @@ def test_noise_level_embedding_stays_float32_in_half_precision_models(dtype):
     reference = unet.time_proj(t)
     unet.to(dtype)
     torch.testing.assert_close(unet.time_proj(t), reference, rtol=0, atol=0)
+
+
+def test_configs_saved_with_num_train_timesteps_still_load(tmp_path):
+    # Earlier versions stored num_train_timesteps (unused); such folders load, the key ignored.
+    (tmp_path / "scheduler_config.json").write_text(
+        '{"_class_name": "CosineDDIMScheduler", "schedule": "linear", "num_train_timesteps": 1000}')
+    for cls in SCHEDULERS:
+        scheduler = cls.from_pretrained(tmp_path)
+        assert scheduler.config.schedule == "linear" and "num_train_timesteps" not in scheduler.config
