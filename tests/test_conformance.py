@@ -345,9 +345,16 @@ def test_noise_level_embedding_stays_float32_in_half_precision_models(dtype):
 
 
 def test_configs_saved_with_num_train_timesteps_still_load(tmp_path):
-    # Earlier versions stored num_train_timesteps (unused); such folders load, the key ignored.
+    # Earlier versions stored num_train_timesteps (unused); such folders load and sample the same
+    # (diffusers keeps unknown keys in `config` without passing them to the scheduler).
     (tmp_path / "scheduler_config.json").write_text(
         '{"_class_name": "CosineDDIMScheduler", "schedule": "linear", "num_train_timesteps": 1000}')
     for cls in SCHEDULERS:
         scheduler = cls.from_pretrained(tmp_path)
-        assert scheduler.config.schedule == "linear" and "num_train_timesteps" not in scheduler.config
+        assert scheduler.config.schedule == "linear" and not hasattr(scheduler, "num_train_timesteps")
+        reference = cls(schedule="linear")
+        for s in (scheduler, reference):
+            s.set_timesteps(3)
+        x = torch.randn(1, 1, 4, 4, generator=g(0))
+        torch.testing.assert_close(scheduler.step(x, scheduler.timesteps[0], x).prev_sample,
+                                   reference.step(x, reference.timesteps[0], x).prev_sample, rtol=0, atol=0)
