@@ -31,6 +31,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
+                        help="Both pipelines' weights and sampling dtype (half precision on GPUs).")
     args = parser.parse_args()
 
     from diffusers import DDIMPipeline, DDIMScheduler
@@ -48,7 +50,8 @@ def main():
         stock = stock_unet(config.resolution, config.channels, sum(p.numel() for p in ours.parameters()))
         for name, pipe in (("ours", CosineDDIMPipeline(ours.eval(), build_scheduler(config))),
                            ("stock", DDIMPipeline(stock.eval(), DDIMScheduler(num_train_timesteps=1000)))):
-            pipe = pipe.to(device)
+            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+            pipe = pipe.to(device, dtype)
             pipe.set_progress_bar_config(disable=True)
             if compiled:
                 compile_unet(pipe.unet)
@@ -73,15 +76,18 @@ def main():
     info = machine_info()
     base = statistics.median(pipes["stock eager"]["images_per_s"])
     lines = [f"Machine: {info['cpu']} ({info['cores']} cores){', ' + info['gpu'] if info['gpu'] else ''}, "
-             f"torch {info['torch']}, device {device}; batch {batch}, {steps} steps.", "",
+             f"torch {info['torch']}, device {device}, {args.dtype}; {Path(args.config).name} model, batch {batch}, "
+             f"{steps} steps.", "",
              "| pipeline | images/s (median, best) | vs stock eager | warm-up s |", "| --- | ---: | ---: | ---: |"]
     for label, entry in pipes.items():
         med = statistics.median(entry["images_per_s"])
         lines.append(f"| {label} | {med:.1f} ({max(entry['images_per_s']):.1f}) | {med / base:.2f} | {entry['warmup_s']:.1f} |")
     print("\n".join(lines))
-    result = {"machine": info, "device": device, "batch_size": batch, "steps": steps,
+    result = {"machine": info, "device": device, "dtype": args.dtype, "config": Path(args.config).name,
+              "batch_size": batch, "steps": steps,
               "pipelines": {k: {"images_per_s": v["images_per_s"], "warmup_s": v["warmup_s"]} for k, v in pipes.items()}}
-    out = Path(__file__).resolve().parent / "results" / f"sampling_speed-{machine_tag()}.json"
+    suffix = "" if args.dtype == "fp32" else f"-{args.dtype}"
+    out = Path(__file__).resolve().parent / "results" / f"sampling_speed-{machine_tag()}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out}")
 

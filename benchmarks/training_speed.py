@@ -1,6 +1,6 @@
 """Training-step and sampling throughput of the default model under each speed option, interleaved.
 
-    python benchmarks/training_speed.py [--config configs/digits.yaml] [--device cpu] [--repeats 6]
+    python benchmarks/training_speed.py [--config configs/digits.yaml] [--device cpu] [--repeats 6] [--batch_size N]
 
 Each variant (eager, channels_last, torch.compile, both; fp32, and bf16 autocast on CUDA) runs a
 full training step (forward, MAE loss, backward, AdamW) on the config's model and batch size. The
@@ -67,11 +67,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no_compile", action="store_true", help="Skip the torch.compile variants.")
+    parser.add_argument("--batch_size", type=int, default=None, help="Training batch (default: the config's).")
     args = parser.parse_args()
 
     from denoising_diffusion.training import parse_config
 
-    config = parse_config(["--config", args.config])
+    config = parse_config(["--config", args.config] + (["--train_batch_size", str(args.batch_size)] if args.batch_size else []))
     device = args.device
     dtypes = [torch.float32] + ([torch.bfloat16] if device.startswith("cuda") else [])
     variants = {}

@@ -2,14 +2,15 @@
 with `--resume_from_checkpoint latest`, and require the final weights to be bit-identical
 (`torch.equal`) to an uninterrupted run's.
 
-    python tests/fault_injection.py                    # every case, 12 kills each (minutes)
+    python tests/fault_injection.py                    # every case, 12 kills each, 60 steps (about 20 minutes)
     python tests/fault_injection.py --kills 30 --cases defaults,streaming --seed 1
 
 Kill moments ("POINT@N": the N-th time this launch reaches POINT):
   save_state@N   inside `Accelerator.save_state`, right after its N-th file is written
   rename@N       between the complete temporary folder and its rename to checkpoint-STEP
   prune@N        half-way through deleting an old checkpoint (`checkpoints_total_limit`)
-  random         at a random moment, from outside
+  random         at a random moment of the training loop, from outside (uniform over the
+                 expected time left, measured on the uninterrupted run)
 The fast subset in tests/test_fault_injection.py runs a fixed plan per case.
 """
 
@@ -30,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 TRAIN = ["--resolution", "8", "--train_batch_size", "8", "--max_train_samples", "40", "--logger", "none",
          "--unet", '{"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}',
          "--num_grid_images", "4", "--grid_inference_steps", "2", "--logging_steps", "1",
-         "--max_train_steps", "10", "--checkpointing_steps", "2", "--save_images_steps", "3"]
+         "--checkpointing_steps", "2", "--save_images_steps", "3"]
 
 
 def case_args(case: str, data: Path) -> list[str]:
@@ -107,20 +108,34 @@ def child(point: str, after: int, train_args: list[str]) -> None:
 
     trainer.os.replace = watched_replace
     trainer.shutil.rmtree = watched_rmtree
+    resume = trainer.Trainer.resume
+
+    def resume_and_mark(self):
+        position = resume(self)
+        if os.environ.get("FAULT_MARKER"):  # the training loop starts now
+            Path(os.environ["FAULT_MARKER"]).write_text(str(time.time()))
+        return position
+
+    trainer.Trainer.resume = resume_and_mark
     main(train_args)
 
 
 # ------------------------------------------------------------------ the parent
-def launch(args: list[str], kill: str | None, env: dict, timeout: float = 600) -> tuple[int, float]:
-    """Run one training launch; `kill` is "POINT@N", "random:SECONDS" or None. Returns (exit code, seconds)."""
+def launch(args: list[str], kill: str | None, env: dict, marker: Path, timeout: float = 600) -> tuple[int, float]:
+    """Run one training launch; `kill` is "POINT@N", "random:SECONDS" (after the training loop
+    starts) or None. Returns (exit code, seconds from the start of the training loop to the end)."""
     point, after, delay = "none", 0, None
     if kill and kill.startswith("random:"):
         delay = float(kill.split(":")[1])
     elif kill:
         point, after = kill.split("@")[0], int(kill.split("@")[1])
+    marker.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "child", point, str(after), *args]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env={**env, "FAULT_MARKER": str(marker)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    while delay is not None and proc.poll() is None and not marker.exists() and time.time() < deadline:
+        time.sleep(0.02)
     try:
         out, _ = proc.communicate(timeout=delay if delay is not None else timeout)
     except subprocess.TimeoutExpired:
@@ -129,9 +144,11 @@ def launch(args: list[str], kill: str | None, env: dict, timeout: float = 600) -
             raise
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
+    end = time.time()
     if proc.returncode not in (0, -signal.SIGKILL):
         raise RuntimeError(f"training failed (exit {proc.returncode}) with kill {kill}:\n{out[-4000:]}")
-    return proc.returncode, time.perf_counter() - start
+    started = float(marker.read_text()) if marker.exists() else end
+    return proc.returncode, end - started
 
 
 def child_env() -> dict:
@@ -146,34 +163,37 @@ def weights(folder: Path) -> dict:
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def run_case(case: str, plan: list[str], workdir: Path, data: Path, reference: Path | None = None) -> dict:
-    """Train `case` straight (unless `reference` is given) and under `plan`, then compare the weights.
+def run_case(case: str, plan: list[str], workdir: Path, data: Path, steps: int = 10) -> dict:
+    """Train `case` for `steps` optimiser steps straight and under `plan` (a kill spec per launch,
+    resuming after each), then compare the final weights and the last checkpoint's.
 
-    Returns {"case", "kills" (launches that were killed), "launches", "identical"}.
+    Returns {"case", "kills" (launches that were killed), "launches", "identical"}. A launch that
+    finishes before its kill point ends the plan.
     """
     import torch
 
     env = child_env()
-    args = TRAIN + case_args(case, data)
-    ref_seconds = None
-    if reference is None:
-        reference = workdir / f"{case}-straight"
-        shutil.rmtree(reference, ignore_errors=True)
-        _, ref_seconds = launch(args + ["--output_dir", str(reference)], None, env)
+    args = TRAIN + ["--max_train_steps", str(steps)] + case_args(case, data)
+    reference = workdir / f"{case}-straight"
+    shutil.rmtree(reference, ignore_errors=True)
+    marker = workdir / f"{case}.started"
+    _, train_seconds = launch(args + ["--output_dir", str(reference)], None, env, marker)
+    seconds_per_step = train_seconds / steps
     out = workdir / f"{case}-killed"
     shutil.rmtree(out, ignore_errors=True)
     resumed = args + ["--output_dir", str(out), "--resume_from_checkpoint", "latest"]
     kills = launches = 0
     for kill in plan:
-        if kill == "random":
-            kill = f"random:{random.uniform(2.0, (ref_seconds or 20.0) * 1.1):.2f}"
-        code, _ = launch(resumed, kill, env)
+        if kill == "random":  # anywhere in the training that is left
+            done = max([int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")], default=0)
+            kill = f"random:{random.uniform(0.0, 1.0) * (steps - done) * seconds_per_step:.2f}"
+        code, _ = launch(resumed, kill, env, marker)
         launches += 1
         if code == 0:
             break  # finished before the kill point came
         kills += 1
     if not (out / "model_index.json").exists() or launches == len(plan):
-        code, _ = launch(resumed, None, env)
+        code, _ = launch(resumed, None, env, marker)
         launches += 1
     a, b = weights(reference), weights(out)
     identical = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -190,7 +210,7 @@ def load_model(checkpoint: Path) -> dict:
 
 
 def random_plan(rng: random.Random, kills: int, case: str) -> list[str]:
-    points = ["random", "random", "save_state@1", "save_state@3", "rename@1", "rename@2"]
+    points = ["random", "random", "random", "save_state@1", "save_state@3", "rename@1", "rename@2", "rename@4"]
     if case == "checkpoint_limit_1":
         points += ["prune@1", "prune@2"]
     return [rng.choice(points) for _ in range(kills)]
@@ -199,6 +219,7 @@ def random_plan(rng: random.Random, kills: int, case: str) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=12, help="kills per case")
+    parser.add_argument("--steps", type=int, default=60, help="optimiser steps per case (a checkpoint every 2)")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="default: a fresh temporary folder")
@@ -213,7 +234,7 @@ def main(argv=None) -> int:
     for case in args.cases.split(","):
         plan = random_plan(rng, args.kills, case)
         start = time.perf_counter()
-        result = run_case(case, plan, workdir, data)
+        result = run_case(case, plan, workdir, data, steps=args.steps)
         failures += not result["identical"]
         print(f"{case:24s} survived {result['kills']:3d} kills in {result['launches']:3d} launches: final weights "
               f"{'bit-identical' if result['identical'] else 'DIFFERENT'} to the uninterrupted run "
