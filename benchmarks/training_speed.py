@@ -38,10 +38,15 @@ def make_variant(config, device, channels_last, compile_, dtype):
     x = torch.randn(config.train_batch_size, config.channels, config.resolution, config.resolution,
                     device=device).contiguous(memory_format=fmt)
     t = torch.rand(config.train_batch_size, device=device)
+    # class-conditional configs: labels for every image (the "no class" one for sampling)
+    labels = sample_labels = None
+    if unet.config.num_class_embeds:
+        labels = torch.zeros(config.train_batch_size, dtype=torch.long, device=device)
+        sample_labels = torch.full((256,), unet.config.num_class_embeds - 1, device=device)
 
     def step():
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
-            loss = (unet(x, t).sample.float() - x).abs().mean()
+            loss = (unet(x, t, class_labels=labels).sample.float() - x).abs().mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -54,7 +59,7 @@ def make_variant(config, device, channels_last, compile_, dtype):
     def sample_call():
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
             unet.eval()
-            unet(sample_x, sample_t)
+            unet(sample_x, sample_t, class_labels=sample_labels)
             unet.train()
 
     return step, sample_call

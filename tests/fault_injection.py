@@ -116,20 +116,30 @@ def child(point: str, after: int, train_args: list[str]) -> None:
             Path(os.environ["FAULT_MARKER"]).write_text(str(time.time()))
         return position
 
+    finish = trainer.Trainer.finish
+
+    def mark_and_finish(self, global_step):
+        if os.environ.get("FAULT_MARKER"):  # the training loop is over
+            Path(os.environ["FAULT_MARKER"] + ".end").write_text(str(time.time()))
+        return finish(self, global_step)
+
     trainer.Trainer.resume = resume_and_mark
+    trainer.Trainer.finish = mark_and_finish
     main(train_args)
 
 
 # ------------------------------------------------------------------ the parent
 def launch(args: list[str], kill: str | None, env: dict, marker: Path, timeout: float = 600) -> tuple[int, float]:
     """Run one training launch; `kill` is "POINT@N", "random:SECONDS" (after the training loop
-    starts) or None. Returns (exit code, seconds from the start of the training loop to the end)."""
+    starts) or None. Returns (exit code, seconds the training loop took, when it ran to its end)."""
     point, after, delay = "none", 0, None
     if kill and kill.startswith("random:"):
         delay = float(kill.split(":")[1])
     elif kill:
         point, after = kill.split("@")[0], int(kill.split("@")[1])
+    end_marker = Path(str(marker) + ".end")
     marker.unlink(missing_ok=True)
+    end_marker.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "child", point, str(after), *args]
     proc = subprocess.Popen(cmd, env={**env, "FAULT_MARKER": str(marker)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -144,11 +154,10 @@ def launch(args: list[str], kill: str | None, env: dict, marker: Path, timeout: 
             raise
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
-    end = time.time()
     if proc.returncode not in (0, -signal.SIGKILL):
         raise RuntimeError(f"training failed (exit {proc.returncode}) with kill {kill}:\n{out[-4000:]}")
-    started = float(marker.read_text()) if marker.exists() else end
-    return proc.returncode, end - started
+    loop = float(end_marker.read_text()) - float(marker.read_text()) if end_marker.exists() else 0.0
+    return proc.returncode, loop
 
 
 def child_env() -> dict:
