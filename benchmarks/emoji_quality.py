@@ -128,9 +128,9 @@ def main():
             rows.append({"solver": solver, "steps": steps, "guidance_scale": scale, **scores,
                          "recognised": sum(per_class) / len(per_class), "per_class": dict(zip(names, per_class))})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_class"}), flush=True)
-    lines = ["| sampler | steps | guidance | KID x 1000 (category features) | requested category recognised |",
+    lines = ["| sampler | steps | guidance | KID (category features, not Inception) | requested category recognised |",
              "| --- | ---: | ---: | --- | ---: |"]
-    lines += [f"| {r['solver']} | {r['steps']} | {r['guidance_scale']:g} | {1000 * r['kid']:.2f} ± {1000 * r['kid_std']:.2f} "
+    lines += [f"| {r['solver']} | {r['steps']} | {r['guidance_scale']:g} | {r['kid']:.2f} ± {r['kid_std']:.2f} "
               f"| {r['recognised']:.1%} |" for r in rows]
     print("\n".join(lines))
     result = {"model": args.model, "per_class": args.per_class, "classifier_test_accuracy": accuracy,

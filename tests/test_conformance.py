@@ -19,6 +19,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DiffusionPipeline
 from conftest import tiny_pipeline, tiny_unet
 from denoising_diffusion import (ContinuousUNet2DModel, CosineDDIMPipeline, CosineDDIMScheduler,
                                  CosineDPMSolverScheduler)
+from test_pipeline import _fake_hub_cache
 from test_scheduler import _matching_diffusers_ddim
 
 SCHEDULERS = [CosineDDIMScheduler, CosineDPMSolverScheduler]
@@ -232,16 +233,6 @@ def test_from_pretrained_component_overrides_and_pipeline_arguments(saved):
     assert CosineDDIMPipeline.from_pretrained(folder, unet=unet).unet is unet
     with pytest.raises(ValueError, match="does not match the UNet's noise schedule"):
         CosineDDIMPipeline.from_pretrained(folder, scheduler=CosineDDIMScheduler(schedule="linear"))
-
-
-def _fake_hub_cache(cache_dir, repo_id, folder):
-    import shutil
-
-    repo_dir = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(folder, repo_dir / "snapshots" / commit)
-    (repo_dir / "refs").mkdir(parents=True)
-    (repo_dir / "refs" / "main").write_text(commit)
 
 
 def test_from_pretrained_hub_arguments_offline(saved, tmp_path):

@@ -9,8 +9,7 @@ import torch
 
 from conftest import tiny_pipeline
 from denoising_diffusion.training import Trainer
-from test_reliability import straight_and_resumed
-from test_training import config_for, unet_weights
+from test_training import config_for, straight_and_resumed, unet_weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

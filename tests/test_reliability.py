@@ -5,8 +5,6 @@ The subprocess kill tests are in test_fault_injection.py."""
 import json
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,32 +12,8 @@ from safetensors.torch import load_file
 from denoising_diffusion.training import ConfigError, Trainer, parse_config, train
 from denoising_diffusion.training import trainer as trainer_module
 from denoising_diffusion.training.data import EpochSampler, RandomCropDataset, prepare_dataset
-from test_training import _parquet_dataset, _write_pngs, config_for, unet_weights
-
-
-def assert_same_weights(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def straight_and_resumed(tmp_path, monkeypatch, common, kill_after_step):
-    """Train `common` straight, and again killed right after checkpoint `kill_after_step` then resumed."""
-    straight = train(config_for(tmp_path, *common, name="straight"))
-    original = Trainer.save_checkpoint
-
-    def save_then_die(self, step, position):
-        path = original(self, step, position)
-        if step == kill_after_step:
-            raise KeyboardInterrupt("simulated kill")
-        return path
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_for(tmp_path, *common, name="resumed"))
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
-    resumed = train(config_for(tmp_path, *common, "--resume_from_checkpoint", "latest", name="resumed"))
-    return straight, resumed
+from test_training import (_parquet_dataset, _write_pngs, assert_same_weights, config_for, straight_and_resumed,
+                           unet_weights)
 
 
 def test_streaming_runs_as_many_steps_as_asked_over_several_passes(tmp_path):

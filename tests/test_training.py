@@ -134,18 +134,21 @@ def test_parquet_dataset_by_path_with_other_column_names(tmp_path, streaming):
     assert (out / "model_index.json").exists()
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    # 40 images, batch 8, accumulation 2: 3 optimiser steps per epoch; stop mid-epoch at step 2.
-    common = ["--max_train_steps", 6, "--gradient_accumulation_steps", 2, "--checkpointing_steps", 2,
-              "--lr_scheduler", "cosine", "--lr_warmup_steps", 1, "--random_flip"]
-    straight = train(config_for(tmp_path, *common, name="straight"))
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
+
+def straight_and_resumed(tmp_path, monkeypatch, common, kill_after_step):
+    """Train `common` straight, and again killed right after checkpoint `kill_after_step` then resumed."""
+    straight = train(config_for(tmp_path, *common, name="straight"))
     original = Trainer.save_checkpoint
 
     def save_then_die(self, step, position):
         path = original(self, step, position)
-        if step == 2:
-            raise KeyboardInterrupt("simulated kill after checkpoint-2")
+        if step == kill_after_step:
+            raise KeyboardInterrupt("simulated kill")
         return path
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
@@ -153,14 +156,17 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
         train(config_for(tmp_path, *common, name="resumed"))
     monkeypatch.setattr(Trainer, "save_checkpoint", original)
     resumed = train(config_for(tmp_path, *common, "--resume_from_checkpoint", "latest", name="resumed"))
+    return straight, resumed
 
-    a, b = unet_weights(straight), unet_weights(resumed)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    ckpt_a, ckpt_b = (load_file(str(p / "checkpoint-6" / "model.safetensors")) for p in (straight, resumed))
-    for key in ckpt_a:  # the raw (non-EMA) weights match too
-        assert torch.equal(ckpt_a[key], ckpt_b[key]), key
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    # 40 images, batch 8, accumulation 2: 3 optimiser steps per epoch; stop mid-epoch at step 2.
+    common = ["--max_train_steps", 6, "--gradient_accumulation_steps", 2, "--checkpointing_steps", 2,
+              "--lr_scheduler", "cosine", "--lr_warmup_steps", 1, "--random_flip"]
+    straight, resumed = straight_and_resumed(tmp_path, monkeypatch, common, kill_after_step=2)
+    assert_same_weights(unet_weights(straight), unet_weights(resumed))
+    # the raw (non-EMA) weights match too
+    assert_same_weights(*(load_file(str(p / "checkpoint-6" / "model.safetensors")) for p in (straight, resumed)))
 
 
 def test_checkpoint_limit_and_a_kill_while_saving_keeps_latest_intact(tmp_path, monkeypatch):
