@@ -91,11 +91,15 @@ def main():
     if training.exists():
         data = json.loads(training.read_text())
         for name, v in data["variants"].items():
+            if dtype == torch.bfloat16 and name.startswith("fp32"):
+                continue  # measured against the bf16 peak: only the bf16 variants
             add(f"training {name} (batch {data['batch_size']})", statistics.median(v["train_images_per_s"]), train_step)
     for suffix in ("", "-fp16", "-bf16"):
         sampling = RESULTS / f"sampling_speed-{tag}{suffix}.json"
         if sampling.exists():
             data = json.loads(sampling.read_text())
+            if dtype == torch.bfloat16 and data.get("dtype", "fp32") == "fp32":
+                continue
             for name, v in data["pipelines"].items():
                 if name.startswith("ours"):  # one UNet call per step
                     add(f"sampling {name} {data.get('dtype', 'fp32')} ({data['steps']} steps, batch {data['batch_size']})",

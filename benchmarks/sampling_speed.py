@@ -57,7 +57,7 @@ def main():
                 compile_unet(pipe.unet)
             start = time.perf_counter()
             pipe(batch_size=batch, num_inference_steps=2, generator=torch.Generator(device).manual_seed(0),
-                 output_type="np")  # warm-up; compiles the compiled variant
+                 output_type="pt")  # warm-up; compiles the compiled variant
             sync(device)
             label = f"{name} {'compiled' if compiled else 'eager'}"
             pipes[label] = {"pipe": pipe, "warmup_s": time.perf_counter() - start, "images_per_s": []}
@@ -69,7 +69,7 @@ def main():
                 sync(device)
                 start = time.perf_counter()
                 entry["pipe"](batch_size=batch, num_inference_steps=steps,
-                              generator=torch.Generator(device).manual_seed(0), output_type="np")
+                              generator=torch.Generator(device).manual_seed(0), output_type="pt")
                 sync(device)
                 entry["images_per_s"].append(batch / (time.perf_counter() - start))
 
