@@ -9,8 +9,8 @@ Kill moments ("POINT@N": the N-th time this launch reaches POINT):
   save_state@N   inside `Accelerator.save_state`, right after its N-th file is written
   rename@N       between the complete temporary folder and its rename to checkpoint-STEP
   prune@N        half-way through deleting an old checkpoint (`checkpoints_total_limit`)
-  random         at a random moment of the training loop, from outside (uniform over the
-                 expected time left, measured on the uninterrupted run)
+  random         at a random moment of the training loop, from outside (uniform over the first
+                 third of the expected time left, measured on the uninterrupted run)
 The fast subset in tests/test_fault_injection.py runs a fixed plan per case.
 """
 
@@ -193,9 +193,9 @@ def run_case(case: str, plan: list[str], workdir: Path, data: Path, steps: int =
     resumed = args + ["--output_dir", str(out), "--resume_from_checkpoint", "latest"]
     kills = launches = 0
     for kill in plan:
-        if kill == "random":  # anywhere in the training that is left
+        if kill == "random":  # anywhere in the first third of the training that is left (so plans last)
             done = max([int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")], default=0)
-            kill = f"random:{random.uniform(0.0, 1.0) * (steps - done) * seconds_per_step:.2f}"
+            kill = f"random:{random.uniform(0.0, 1.0) * (steps - done) * seconds_per_step / 3:.2f}"
         code, _ = launch(resumed, kill, env, marker)
         launches += 1
         if code == 0:

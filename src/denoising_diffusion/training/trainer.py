@@ -42,7 +42,7 @@ from ..models.unet_continuous import ContinuousUNet2DModel
 from ..pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .config import ConfigError, TrainingConfig
-from .data import first_examples, pixel_statistics, prepare_dataset
+from .data import RandomCropDataset, first_examples, pixel_statistics, prepare_dataset
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -236,7 +236,8 @@ class Trainer:
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
             foreach=True,  # one multi-tensor update instead of a loop over parameters (torch uses it on GPUs only by default)
         )
-        sampler = self.dataset.sampler(config.seed) if hasattr(self.dataset, "sampler") else None
+        # Random crops come with their own sampler: (epoch, index) pairs, shuffled per epoch.
+        sampler = self.dataset.sampler(config.seed) if isinstance(self.dataset, RandomCropDataset) else None
         dataloader = torch.utils.data.DataLoader(
             self.dataset, batch_size=config.train_batch_size, shuffle=not config.streaming and sampler is None,
             sampler=sampler, num_workers=config.dataloader_num_workers,
@@ -317,11 +318,11 @@ class Trainer:
         null = self.null_class_label
         if config.streaming:
             labels = torch.as_tensor([next(iter(self.dataset))["labels"]])
-        elif hasattr(self.dataset, "with_format"):  # read the column without decoding images
+        elif isinstance(self.dataset, RandomCropDataset):  # read the column without decoding images
+            labels = torch.as_tensor(self.dataset.raw.with_format(None)[config.label_column])
+        else:
             plain = self.dataset.with_format(None)
             labels = torch.as_tensor(plain["labels" if "labels" in plain.column_names else config.label_column])
-        else:
-            labels = torch.as_tensor(self.dataset.raw.with_format(None)[config.label_column])
         if labels.is_floating_point() or labels.min() < 0 or labels.max() >= null:
             raise ConfigError(
                 f"label_column={config.label_column!r} holds labels from {labels.min().item()} to {labels.max().item()}, "
