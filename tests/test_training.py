@@ -59,7 +59,7 @@ def test_cli_overrides_yaml_and_unknown_keys_suggest_the_nearest(tmp_path):
 
 
 def test_every_shipped_config_parses_and_builds_its_model():
-    for name in ["digits", "flowers", "pets", "mnist"]:
+    for name in ["digits", "flowers", "pets", "mnist", "emoji", "emoji32"]:
         config = parse_config(["--config", str(ROOT / f"configs/{name}.yaml")])
         unet = trainer_module.build_unet(config)
         assert unet.config.sample_size == config.resolution
