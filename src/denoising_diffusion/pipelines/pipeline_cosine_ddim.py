@@ -137,7 +137,8 @@ class CosineDDIMPipeline(DiffusionPipeline):
         if name in ("unet", "scheduler") and value is not None:
             other = self.__dict__.get("scheduler" if name == "unet" else "unet")
             if other is not None:
-                check_schedules_match(value if name == "unet" else other, other if name == "unet" else value)
+                unet, scheduler = (value, other) if name == "unet" else (other, value)
+                check_schedules_match(unet, scheduler)
         super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ images <-> model space
