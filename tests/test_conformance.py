@@ -94,7 +94,8 @@ def test_step_returns_the_same_as_dict_or_tuple_and_is_batch_consistent(cls):
 @pytest.mark.parametrize("use_clipped", [False, True])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_clip_sample_matches_diffusers_ddim(prediction_type, use_clipped):
-    ours = CosineDDIMScheduler(prediction_type=prediction_type, clip_sample=True, clip_sample_range=0.8)
+    ours = CosineDDIMScheduler(prediction_type=prediction_type, clip_sample=True, clip_sample_range=0.8,
+                               timestep_spacing="time")  # uniform in t: diffusers' "trailing" grid
     theirs = _matching_diffusers_ddim(ours, prediction_type)
     theirs = DDIMScheduler.from_config(theirs.config, clip_sample=True, clip_sample_range=0.8)
     ours.set_timesteps(8)

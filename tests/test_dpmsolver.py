@@ -36,14 +36,14 @@ def gaussian_data_problem(scheduler, mu=0.7, s=0.5):
 
 
 def solve(scheduler, steps):
-    """Max error against the exact ODE solution at t = 1/steps, just before the final jump to x0_hat."""
+    """Max error against the exact ODE solution at the last time, just before the final jump to x0_hat."""
     model, exact = gaussian_data_problem(scheduler)
     x1 = torch.linspace(-3, 3, 101, dtype=torch.float64)
     scheduler.set_timesteps(steps)
     x = x1.clone()
     for t in scheduler.timesteps[:-1]:
         x = scheduler.step(model(x, t.double()), t.double(), x).prev_sample
-    return (x - exact(x1, 1.0 / steps)).abs().max().item()
+    return (x - exact(x1, float(scheduler.timesteps[-1]))).abs().max().item()
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -52,7 +52,7 @@ def test_second_order_solver_converges_faster_than_ddim(schedule, prediction_typ
     errors = {}
     for name, cls in (("ddim", CosineDDIMScheduler), ("dpm2m", CosineDPMSolverScheduler)):
         errors[name] = {n: solve(cls(schedule=schedule, prediction_type=prediction_type), n) for n in (10, 20, 40, 80)}
-    assert errors["dpm2m"][10] < 0.25 * errors["ddim"][10], errors
+    assert errors["dpm2m"][10] < 0.3 * errors["ddim"][10] and errors["dpm2m"][40] < 0.05 * errors["ddim"][40], errors
     # Empirical order: halving the step divides the error by ~2 for DDIM, ~4 for the second-order solver.
     ddim_rate = math.log2(errors["ddim"][40] / errors["ddim"][80])
     dpm_rate = math.log2(errors["dpm2m"][40] / errors["dpm2m"][80])

@@ -42,6 +42,20 @@ def test_kid_separates_real_from_unlike_images():
         assert other["fid"] > 5 * same["fid"]
 
 
+def test_recognised_fraction_is_high_on_real_digits_and_low_on_degraded_ones():
+    _, x_test, _, _ = _digits_split()
+    features = DigitsFeatures()
+    real = features.held_out_recognised_fraction()
+    assert real == features.recognised_fraction(x_test) and 0.9 <= real < 1.0
+    # a stricter threshold recognises fewer
+    assert features.recognised_fraction(x_test, threshold=0.999) < real <= features.recognised_fraction(x_test, 0.5)
+    # the same digits heavily blurred, or pixel noise, are not recognised with confidence nearly as often
+    blurred = torch.nn.functional.avg_pool2d(x_test, 5, 1, 2)
+    noise = torch.rand(len(x_test), 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert features.recognised_fraction(blurred) < real - 0.2
+    assert features.recognised_fraction(noise) < real - 0.2
+
+
 def test_inception_without_weights_or_package_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
     with pytest.raises(RuntimeError, match="(torch-fidelity|inception_weights)"):
@@ -56,13 +70,15 @@ def test_evaluate_command_prints_a_table_and_writes_json(trained, tmp_path):
         [sys.executable, "-m", "denoising_diffusion.evaluate", "--model", str(trained), "--steps", "2", "4",
          "--num_samples", "40", "--output", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| steps | KID | FID | time (s) | images/s |" in result.stdout
+    assert "| steps | KID | FID | time (s) | images/s | recognised (p >= 0.9) |" in result.stdout
     assert "| real vs real |" in result.stdout
     data = json.loads(out.read_text())
     assert [row["steps"] for row in data["results"]] == [2, 4]
     assert data["features"] == "digits" and data["num_real"] == 1797  # the whole dataset the model was trained on
     assert all(row["kid"] > data["real_vs_real"]["kid"] for row in data["results"])
     assert data["feature_extractor_test_accuracy"] >= 0.95
+    assert all(0.0 <= row["recognised"] <= 1.0 for row in data["results"])
+    assert data["real_vs_real"]["recognised"] >= 0.9
 
 
 def test_kid_every_epoch_during_training(tmp_path):

@@ -36,15 +36,28 @@ def test_linear_schedule_is_ddpm_linear_betas_in_continuous_time():
     assert second_diff[0] > 0
 
 
+@pytest.mark.parametrize("spacing", ["time", "log_snr", "karras"])
 @pytest.mark.parametrize("n", [1, 2, 7, 50])
-def test_set_timesteps_descending_from_one(n):
-    scheduler = CosineDDIMScheduler()
+def test_set_timesteps_descending_from_one(n, spacing):
+    scheduler = CosineDDIMScheduler(timestep_spacing=spacing)
     scheduler.set_timesteps(n)
     ts = scheduler.timesteps
     assert ts.dtype == torch.float32 and ts.shape == (n,)
     assert ts[0].item() == 1.0
-    assert ts[-1].item() == pytest.approx(1.0 / n)
-    assert torch.all(ts[1:] < ts[:-1])
+    assert torch.all(ts[1:] < ts[:-1]) and ts[-1].item() > 0
+    if spacing == "time":  # uniform in t: 1, 1 - 1/n, ..., 1/n
+        torch.testing.assert_close(ts, torch.arange(n, 0, -1, dtype=torch.float32) / n)
+
+
+def test_default_spacing_is_uniform_in_log_snr():
+    # The measured best for few steps (benchmarks/solvers.py): equal steps in log(alpha / sigma).
+    scheduler = CosineDDIMScheduler()
+    assert scheduler.config.timestep_spacing == "log_snr"
+    scheduler.set_timesteps(10)
+    signal, noise = scheduler.signal_noise_rates(scheduler.timesteps.double())
+    lam = torch.log(signal / noise)
+    torch.testing.assert_close(torch.diff(lam), torch.full((9,), float(lam[1] - lam[0]), dtype=torch.float64),
+                               rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "10", True])
@@ -122,7 +135,8 @@ def _matching_diffusers_ddim(scheduler, prediction_type):
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_step_matches_diffusers_ddim_on_a_common_grid(prediction_type, schedule, eta):
-    ours = CosineDDIMScheduler(schedule=schedule, prediction_type=prediction_type)
+    # With times uniform in t, our grid is diffusers' "trailing" grid on 1000 steps.
+    ours = CosineDDIMScheduler(schedule=schedule, prediction_type=prediction_type, timestep_spacing="time")
     theirs = _matching_diffusers_ddim(ours, prediction_type)
     steps = 10
     ours.set_timesteps(steps)

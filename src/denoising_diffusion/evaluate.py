@@ -84,6 +84,8 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="au
     for n in steps:
         fake, seconds = generate(pipe, num_samples, n, batch_size=batch_size, seed=seed)
         scores = kid_fid(real_features, extract_features(fake, extractor, batch_size))
+        if features == "digits":
+            scores["recognised"] = extractor.recognised_fraction(fake)
         rows.append({"steps": n, **scores, "seconds": seconds, "images_per_second": num_samples / seconds})
     result = {
         "model": str(model), "dataset": config.train_data_dir or config.dataset_name, "num_real": len(real),
@@ -96,17 +98,22 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="au
     }
     if features == "digits":
         result["feature_extractor_test_accuracy"] = extractor.test_accuracy
+        result["real_vs_real"]["recognised"] = extractor.held_out_recognised_fraction()
     return result
 
 
 def markdown_table(result: dict) -> str:
-    lines = ["| steps | KID | FID | time (s) | images/s |", "| ---: | :--- | ---: | ---: | ---: |"]
+    recognised = "recognised" in result["results"][0] if result["results"] else False
+    extra = (" recognised (p >= 0.9) |", " ---: |") if recognised else ("", "")
+    lines = [f"| steps | KID | FID | time (s) | images/s |{extra[0]}", f"| ---: | :--- | ---: | ---: | ---: |{extra[1]}"]
     for row in result["results"]:
+        cell = f" {row['recognised']:.1%} |" if recognised else ""
         lines.append(f"| {row['steps']} | {row['kid']:.4f} ± {row['kid_std']:.4f} | {row['fid']:.3f} | "
-                     f"{row['seconds']:.1f} | {row['images_per_second']:.1f} |")
+                     f"{row['seconds']:.1f} | {row['images_per_second']:.1f} |{cell}")
     if "real_vs_real" in result:
         floor = result["real_vs_real"]
-        lines.append(f"| real vs real | {floor['kid']:.4f} ± {floor['kid_std']:.4f} | {floor['fid']:.3f} | | |")
+        cell = f" {floor['recognised']:.1%} (held-out real digits) |" if recognised else ""
+        lines.append(f"| real vs real | {floor['kid']:.4f} ± {floor['kid_std']:.4f} | {floor['fid']:.3f} | | |{cell}")
     return "\n".join(lines)
 
 

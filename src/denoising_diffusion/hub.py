@@ -56,17 +56,27 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
     )
     seconds = summary.get("training_seconds")
     name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    schedule = {**config, **(json.loads(scheduler_path.read_text()) if scheduler_path.exists() else {})}
+    distilled_steps = config["distill_steps"][0] if config.get("teacher") and config.get("distill_steps") else None
+    description = (f"A continuous-time DDIM (Denoising Diffusion Implicit Model) trained with "
+                   f"[denoising-diffusion](https://pypi.org/project/denoising-diffusion/) on {dataset_description}")
+    if distilled_steps:
+        description += (f"\n\nA **student of progressive distillation** (Salimans & Ho 2022) for **{distilled_steps} DDIM "
+                        f"step{'s' if distilled_steps > 1 else ''}**: it learned to do in one step what its teacher "
+                        f"(`{config['teacher']}`) does in two. `pipe(...)` samples with {distilled_steps} steps by default "
+                        "(the pipeline's `distilled_steps`); keep the stored DDIM scheduler and its `timestep_spacing`.")
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE),
         model_name=name, repo_id=repo_id or str(folder),
-        description=(f"A continuous-time DDIM (Denoising Diffusion Implicit Model) trained with "
-                     f"[denoising-diffusion](https://pypi.org/project/denoising-diffusion/) on {dataset_description}"),
+        description=description, distilled_steps=distilled_steps, usage_steps=distilled_steps or 20,
         grid_image="samples.png", grid_caption=f"{config.get('num_grid_images', 36)} images, "
-                                               f"{config.get('grid_inference_steps', 20)} DDIM steps, fixed noise",
+                                               f"{distilled_steps or config.get('grid_inference_steps', 20)} DDIM "
+                                               "steps, fixed noise",
         num_parameters=f"{summary.get('num_parameters', 0):,}" if summary else "unknown",
         widths="/".join(map(str, unet["block_out_channels"])), layers_per_block=unet["layers_per_block"],
-        resolution=config["resolution"], channels=config["channels"], schedule=config["schedule"],
-        min_signal_rate=config["min_signal_rate"], max_signal_rate=config["max_signal_rate"],
+        resolution=config["resolution"], channels=config["channels"], schedule=schedule["schedule"],
+        min_signal_rate=schedule["min_signal_rate"], max_signal_rate=schedule["max_signal_rate"],
         prediction_type=config["prediction_type"], loss=config["loss"], loss_on=config["loss_on"],
         ema_decay=config["ema_decay"] if config.get("use_ema") else "none (no EMA)",
         dataset_description=dataset_description,

@@ -110,6 +110,8 @@ class CosineDDIMPipeline(DiffusionPipeline):
             standardised with (defaults to 0.5: images in [-1, 1]).
         image_std (`list[float]`, *optional*): per-channel standard deviation likewise (default 0.5).
             Generated samples are mapped back with `x * image_std + image_mean`, then clipped to [0, 1].
+        distilled_steps (`int`, *optional*): for a student of progressive distillation, the number of
+            DDIM steps it was distilled for; `__call__` then uses it when `num_inference_steps` is not given.
 
     The UNet and the scheduler must share one noise schedule (`SCHEDULE_KEYS`); that is checked here and
     whenever `pipe.scheduler` or `pipe.unet` is replaced. `from_pretrained` is diffusers' own loader
@@ -120,7 +122,8 @@ class CosineDDIMPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler, image_mean: list[float] | None = None, image_std: list[float] | None = None):
+    def __init__(self, unet, scheduler, image_mean: list[float] | None = None, image_std: list[float] | None = None,
+                 distilled_steps: int | None = None):
         super().__init__()
         channels = unet.config.in_channels
         image_mean = [0.5] * channels if image_mean is None else [float(v) for v in image_mean]
@@ -130,8 +133,11 @@ class CosineDDIMPipeline(DiffusionPipeline):
                 raise ValueError(f"{name} needs one value per channel ({channels}), got {values}.")
         if min(image_std) <= 0:
             raise ValueError(f"image_std values must be positive, got {image_std}.")
+        if distilled_steps is not None and (isinstance(distilled_steps, bool) or not isinstance(distilled_steps, int)
+                                            or distilled_steps < 1):
+            raise ValueError(f"distilled_steps must be an integer >= 1 (or None), got {distilled_steps!r}.")
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(image_mean=image_mean, image_std=image_std)
+        self.register_to_config(image_mean=image_mean, image_std=image_std, distilled_steps=distilled_steps)
 
     def __setattr__(self, name, value):
         if name in ("unet", "scheduler") and value is not None:
@@ -215,7 +221,7 @@ class CosineDDIMPipeline(DiffusionPipeline):
         batch_size: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         eta: float = 0.0,
-        num_inference_steps: int = 20,
+        num_inference_steps: int | None = None,
         use_clipped_model_output: bool | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -230,7 +236,8 @@ class CosineDDIMPipeline(DiffusionPipeline):
             generator (`torch.Generator` or a list of `batch_size` of them, *optional*): for
                 reproducible noise.
             eta (`float`, defaults to 0.0): 0 is deterministic DDIM, 1 is DDPM-like sampling.
-            num_inference_steps (`int`, defaults to 20): denoising steps (any integer >= 1).
+            num_inference_steps (`int`, *optional*): denoising steps (any integer >= 1); defaults to
+                `distilled_steps` for a distilled student, else 20.
             use_clipped_model_output (`bool`, *optional*): passed to the scheduler's `step` (as in
                 diffusers' `DDIMPipeline`); matters only with the scheduler's `clip_sample`.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C) or `"pt"`
@@ -264,6 +271,8 @@ class CosineDDIMPipeline(DiffusionPipeline):
         image = latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
         labels = self._class_labels(class_labels, batch_size)
+        if num_inference_steps is None:
+            num_inference_steps = self.config.get("distilled_steps") or 20
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_output = self.predict(self.scheduler.scale_model_input(image, t), t, labels, guidance_scale)

@@ -16,6 +16,7 @@ import math
 import torch
 
 SCHEDULES = ("cosine", "linear")
+SPACINGS = ("time", "log_snr", "karras")
 
 # DDPM's linear betas (1e-4 to 0.02 over 1000 steps) as the continuous VP-SDE of Song et al. (2021):
 # beta(tau) = BETA_MIN + tau * (BETA_MAX - BETA_MIN), alpha_bar(tau) = exp(-int_0^tau beta).
@@ -99,3 +100,95 @@ def signal_noise_rates(
         noise = torch.sqrt(-torch.expm1(log_alpha_bar))
         return signal, noise
     raise ValueError(f"Unknown schedule {schedule!r}; expected one of {', '.join(map(repr, SCHEDULES))}.")
+
+
+def log_snr(t, schedule: str = "cosine", min_signal_rate: float = 0.02, max_signal_rate: float = 0.95) -> torch.Tensor:
+    """lambda_t = log(alpha_t / sigma_t), half the log signal-to-noise ratio, for times t in [0, 1].
+
+    Decreasing in t: lambda_0 = log(max_signal_rate / sqrt(1 - max_signal_rate**2)) and
+    lambda_1 = log(min_signal_rate / sqrt(1 - min_signal_rate**2)).
+    """
+    signal, noise = signal_noise_rates(t, schedule, min_signal_rate, max_signal_rate)
+    return torch.log(signal) - torch.log(noise)
+
+
+def time_from_log_snr(lam, schedule: str = "cosine", min_signal_rate: float = 0.02,
+                      max_signal_rate: float = 0.95) -> torch.Tensor:
+    """The inverse of `log_snr`: the time t in [0, 1] at which log(alpha_t / sigma_t) == lam."""
+    lam = torch.as_tensor(lam)
+    lam = lam.to(torch.float64 if lam.dtype == torch.float64 else torch.float32)
+    if schedule == "cosine":
+        start, end = math.acos(max_signal_rate), math.acos(min_signal_rate)
+        angle = torch.atan(torch.exp(-lam))  # cot(angle) = alpha / sigma = e^lambda
+        t = (angle - start) / (end - start)
+    elif schedule == "linear":
+        start, end = _linear_tau(max_signal_rate), _linear_tau(min_signal_rate)
+        neg_log_alpha_bar = torch.nn.functional.softplus(-2.0 * lam)  # alpha_bar = sigmoid(2 lambda)
+        slope = LINEAR_BETA_MAX - LINEAR_BETA_MIN
+        tau = (-LINEAR_BETA_MIN + torch.sqrt(LINEAR_BETA_MIN**2 + 2.0 * slope * neg_log_alpha_bar)) / slope
+        t = (tau - start) / (end - start)
+    else:
+        raise ValueError(f"Unknown schedule {schedule!r}; expected one of {', '.join(map(repr, SCHEDULES))}.")
+    return t.clamp(0.0, 1.0)
+
+
+def _log_snr_ends(schedule: str, min_signal_rate: float, max_signal_rate: float) -> tuple[float, float]:
+    """(lambda_0, lambda_1): log(alpha / sigma) at t = 0 and t = 1."""
+    ends = log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64), schedule, min_signal_rate, max_signal_rate)
+    return float(ends[0]), float(ends[1])
+
+
+def validate_spacing(timestep_spacing: str, rho: float) -> None:
+    """Raise ``ValueError`` naming the bad value when a time spacing configuration is invalid."""
+    if timestep_spacing not in SPACINGS:
+        raise ValueError(
+            f"Unknown timestep_spacing {timestep_spacing!r}; expected one of {', '.join(map(repr, SPACINGS))}."
+        )
+    if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and rho > 0 and math.isfinite(rho)):
+        raise ValueError(f"rho must be a positive number, got {rho!r}.")
+
+
+def spaced_time(u, timestep_spacing: str = "time", rho: float = 7.0, schedule: str = "cosine",
+                min_signal_rate: float = 0.02, max_signal_rate: float = 0.95) -> torch.Tensor:
+    """Map a uniform coordinate u in [0, 1] to a time t in [0, 1] (u = 0 -> t = 0, u = 1 -> t = 1).
+
+    Sampling with N steps evaluates the model at u = 1, (N - 1)/N, ..., 1/N; the spacing decides where
+    those times fall:
+
+    * ``"time"``: t = u, uniform in time (the seeds, the Keras DDIM example).
+    * ``"log_snr"``: uniform in lambda = log(alpha / sigma) (Lu et al. 2022 recommend it for
+      DPM-Solver): lambda(u) = lambda_0 + u (lambda_1 - lambda_0).
+    * ``"karras"``: Karras et al. (2022, eq. 5) in terms of s = sigma / alpha = e^-lambda:
+      s(u) = (s_0^(1/rho) + u (s_1^(1/rho) - s_0^(1/rho)))^rho, rho = 7 by default; small steps
+      in s near the data (in lambda its steps grow towards the data).
+
+    Computed in float64.
+    """
+    u = torch.as_tensor(u, dtype=torch.float64)
+    if timestep_spacing == "time":
+        return u
+    validate_spacing(timestep_spacing, rho)
+    lam_0, lam_1 = _log_snr_ends(schedule, min_signal_rate, max_signal_rate)
+    if timestep_spacing == "log_snr":
+        lam = lam_0 + u * (lam_1 - lam_0)
+    else:  # karras
+        s_0, s_1 = math.exp(-lam_0 / rho), math.exp(-lam_1 / rho)  # s^(1/rho) at both ends
+        lam = -rho * torch.log(s_0 + u * (s_1 - s_0))
+    return time_from_log_snr(lam, schedule, min_signal_rate, max_signal_rate)
+
+
+def spacing_coordinate(t, timestep_spacing: str = "time", rho: float = 7.0, schedule: str = "cosine",
+                       min_signal_rate: float = 0.02, max_signal_rate: float = 0.95) -> torch.Tensor:
+    """The inverse of `spaced_time`: the uniform coordinate u in [0, 1] of times t (float64)."""
+    t = torch.as_tensor(t).to(torch.float64)
+    if timestep_spacing == "time":
+        return t
+    validate_spacing(timestep_spacing, rho)
+    lam_0, lam_1 = _log_snr_ends(schedule, min_signal_rate, max_signal_rate)
+    lam = log_snr(t, schedule, min_signal_rate, max_signal_rate)
+    if timestep_spacing == "log_snr":
+        u = (lam - lam_0) / (lam_1 - lam_0)
+    else:  # karras
+        s_0, s_1 = math.exp(-lam_0 / rho), math.exp(-lam_1 / rho)
+        u = (torch.exp(-lam / rho) - s_0) / (s_1 - s_0)
+    return u.clamp(0.0, 1.0)

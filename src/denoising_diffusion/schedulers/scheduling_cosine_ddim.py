@@ -24,7 +24,14 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .noise_schedule import check_times, signal_noise_rates, validate_schedule
+from .noise_schedule import (
+    check_times,
+    signal_noise_rates,
+    spaced_time,
+    spacing_coordinate,
+    validate_schedule,
+    validate_spacing,
+)
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -43,6 +50,12 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
             `[-clip_sample_range, clip_sample_range]` at every step, as diffusers' `DDIMScheduler`
             (off, as in the seeds: samples live in the model's standardised space, not in [-1, 1]).
         clip_sample_range (`float`, defaults to 1.0): the bound used by `clip_sample`.
+        timestep_spacing (`str`, defaults to `"log_snr"`): where the `num_inference_steps` times fall
+            (see `noise_schedule.spaced_time`): `"log_snr"` (uniform in log(alpha / sigma), the
+            measured best for few steps, `benchmarks/solvers.py`), `"time"` (uniform in t, the seeds')
+            or `"karras"` (Karras et al.'s rho-spacing of sigma / alpha). It only matters for
+            sampling; any spacing works with any model.
+        rho (`float`, defaults to 7.0): the exponent of the `"karras"` spacing.
 
     Times are continuous, so there is no `num_train_timesteps`: a model trained with diffusers'
     `torch.randint(0, scheduler.config.num_train_timesteps, ...)` would see wrong noise levels, and
@@ -61,8 +74,11 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
+        timestep_spacing: str = "log_snr",
+        rho: float = 7.0,
     ):
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
+        validate_spacing(timestep_spacing, rho)
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"Unknown prediction_type {prediction_type!r}; expected one of {', '.join(map(repr, PREDICTION_TYPES))}."
@@ -108,22 +124,45 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
         """Identity, for interchangeability with schedulers that scale the model input."""
         return sample
 
+    def spaced_time(self, u) -> torch.Tensor:
+        """The time t in [0, 1] at coordinate u in [0, 1] of `timestep_spacing` (float64, u's device).
+
+        `set_timesteps(N)` takes the times at u = 1, 1 - 1/N, ..., 1/N, so the N-step times are every
+        other one of the 2N-step times (what progressive distillation relies on)."""
+        config = self.config
+        return spaced_time(u, config.timestep_spacing, config.rho, config.schedule, config.min_signal_rate,
+                           config.max_signal_rate)
+
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """Set `timesteps` to the `num_inference_steps` descending times `1, 1 - 1/N, ..., 1/N`."""
+        """Set `timesteps` to `num_inference_steps` descending times in (0, 1], starting at 1.
+
+        They are the times at u = 1, 1 - 1/N, ..., 1/N of the configured `timestep_spacing`
+        (with `"time"`: t = 1, 1 - 1/N, ..., 1/N); the last step goes to t = 0, the data.
+        """
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
         self.num_inference_steps = num_inference_steps
         steps = torch.arange(num_inference_steps, 0, -1, dtype=torch.float64) / num_inference_steps
-        self.timesteps = steps.to(device=device, dtype=torch.float32)
+        self.timesteps = self.spaced_time(steps).to(device=device, dtype=torch.float32)
 
     def previous_timestep(self, timestep) -> torch.Tensor:
-        """The time one inference step after `timestep` (0 for the last step)."""
+        """The time one inference step after `timestep` (0 for the last step), as float64.
+
+        A step moves 1/N along the spacing's uniform coordinate u. For a time of `timesteps` this is
+        exactly the next one in `timesteps` (float32 values), so the sample lands where the model is
+        evaluated next; any other time moves by 1/N in u. Computed on `timestep`'s device, no lookup.
+        """
         if self.num_inference_steps is None:
             raise ValueError("Call `set_timesteps(num_inference_steps)` before `step()`.")
-        step = 1.0 / self.num_inference_steps
-        prev = torch.as_tensor(timestep, dtype=torch.float64) - step
-        # Times are float32, so "1/N - 1/N" may come out as ~1e-8: anything under half a step is the end.
-        return torch.where(prev < 0.5 * step, torch.zeros_like(prev), prev)
+        config, n = self.config, self.num_inference_steps
+        u = spacing_coordinate(timestep, config.timestep_spacing, config.rho, config.schedule,
+                               config.min_signal_rate, config.max_signal_rate)
+        k = torch.round(u * n)
+        on_grid = (u * n - k).abs() < 1e-3  # float32 times give u * n within ~1e-5 of an integer
+        target = torch.where(on_grid, (k - 1) / n, u - 1.0 / n)
+        prev = self.spaced_time(target.clamp(min=0.0)).float().double()
+        # Anything under half a step is the end: the data, t = 0.
+        return torch.where(target < 0.5 / n, torch.zeros_like(prev), prev)
 
     def _step_rates(self, timesteps, sample: torch.Tensor):
         """`signal_noise_rates` where t = 0 means the end of sampling: the clean data (alpha = 1, sigma = 0),

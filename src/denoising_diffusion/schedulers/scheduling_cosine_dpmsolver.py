@@ -33,6 +33,9 @@ class CosineDPMSolverScheduler(CosineDDIMScheduler):
     Args: as `CosineDDIMScheduler` (`clip_sample` clips each data prediction), plus
         solver_order (`int`, defaults to 2): 2 for DPM-Solver++(2M), 1 for DPM-Solver++(1)
             (which equals deterministic DDIM).
+
+    `timestep_spacing="log_snr"` makes every step the same length h in lambda, the setting of Lu et
+    al.'s analysis.
     """
 
     order = 1  # one model evaluation per step (multistep), as diffusers counts it
@@ -47,11 +50,14 @@ class CosineDPMSolverScheduler(CosineDDIMScheduler):
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
         solver_order: int = 2,
+        timestep_spacing: str = "log_snr",
+        rho: float = 7.0,
     ):
         # By keyword: diffusers records positional arguments as "left at their defaults", and
         # `from_config` would then drop them when switching schedulers.
         super().__init__(schedule=schedule, min_signal_rate=min_signal_rate, max_signal_rate=max_signal_rate,
-                         prediction_type=prediction_type, clip_sample=clip_sample, clip_sample_range=clip_sample_range)
+                         prediction_type=prediction_type, clip_sample=clip_sample, clip_sample_range=clip_sample_range,
+                         timestep_spacing=timestep_spacing, rho=rho)
         if solver_order not in (1, 2):
             raise ValueError(f"solver_order must be 1 or 2, got {solver_order!r}.")
         self._times: list[float] = []  # the inference times, on the host
@@ -61,11 +67,13 @@ class CosineDPMSolverScheduler(CosineDDIMScheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
         super().set_timesteps(num_inference_steps, device)
-        # Host copies of the times (float32 values, as `timesteps`) and of `previous_timestep` of each:
-        # each step reads its times here, never from a device tensor (no device syncs).
-        times = (torch.arange(num_inference_steps, 0, -1, dtype=torch.float64) / num_inference_steps).float()
+        # Host copies of the times (float32 values, as `timesteps`) and of the time each step goes to
+        # (`previous_timestep`: the next one, 0 after the last): each step reads its times here, never
+        # from a device tensor (no device syncs).
+        steps = torch.arange(num_inference_steps, 0, -1, dtype=torch.float64) / num_inference_steps
+        times = self.spaced_time(steps).float()  # computed again on the host: no device read-back
         self._times = times.tolist()
-        self._previous = [float(self.previous_timestep(t)) for t in times.tolist()]
+        self._previous = self._times[1:] + [0.0]
         self._step_index = 0
         self._history = []
 

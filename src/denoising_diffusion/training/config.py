@@ -87,6 +87,20 @@ class TrainingConfig:
         default=0.1, metadata={"help": "Class-conditional models: chance a label is replaced by 'no class' (CFG)."}
     )
 
+    # -- progressive distillation (Salimans & Ho 2022)
+    teacher: Optional[str] = field(
+        default=None,
+        metadata={"help": "A saved pipeline (folder or Hub id) to distill: the student starts from its weights and "
+                          "learns to match two of its DDIM steps in one. The student keeps the teacher's UNet, "
+                          "schedule and image statistics; unet/schedule keys of this config are not used."},
+    )
+    distill_steps: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "The students' step counts, one distillation round each, halving: e.g. 32 16 8 4 2 1 "
+                          "(round 1 matches the teacher at 64 steps). Each round trains max_train_steps (or "
+                          "num_epochs) and is saved in output_dir/student-N-steps."},
+    )
+
     # -- optimisation (the Keras DDIM example's AdamW)
     train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
     num_epochs: int = field(default=40, metadata={"help": "Epochs (ignored when max_train_steps is set)."})
@@ -205,6 +219,17 @@ class TrainingConfig:
                 f"unet.num_class_embeds={self.unet['num_class_embeds']} makes a class-conditional model, "
                 "which needs label_column (the dataset column holding the classes)."
             )
+        if (self.teacher is None) != (not self.distill_steps):
+            raise ConfigError("Progressive distillation needs both teacher (a saved pipeline) and distill_steps "
+                              f"(the students' step counts); got teacher={self.teacher!r}, "
+                              f"distill_steps={self.distill_steps!r}.")
+        if self.distill_steps:
+            steps = [int(n) for n in self.distill_steps]
+            if min(steps) < 1 or any(a != 2 * b for a, b in zip(steps, steps[1:])):
+                raise ConfigError(f"distill_steps={self.distill_steps} is not valid; expected step counts >= 1, each "
+                                  "half the one before (each round's teacher is the previous round's student), "
+                                  "e.g. [32, 16, 8, 4, 2, 1].")
+            self.distill_steps = steps
         if self.streaming and self.max_train_steps is None:
             raise ConfigError("streaming=True needs max_train_steps: a streamed dataset has no known length.")
         for name in ("in_channels", "out_channels", "sample_size"):

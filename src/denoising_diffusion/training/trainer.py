@@ -43,6 +43,7 @@ from ..pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .config import ConfigError, TrainingConfig
 from .data import RandomCropDataset, first_examples, pixel_statistics, prepare_dataset
+from .distillation import check_teacher, distill, distillation_losses
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -212,14 +213,27 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         replace_previous_run = self._check_output_dir()
         set_seed(config.seed)
-        self.unet = build_unet(config)
+        self.teacher = None
+        if config.teacher:  # progressive distillation: the student starts as a copy of the teacher
+            self.teacher = CosineDDIMPipeline.from_pretrained(config.teacher)
+            check_teacher(self.teacher, config)
+            self.unet = ContinuousUNet2DModel.from_config(self.teacher.unet.config)
+            self.unet.load_state_dict(self.teacher.unet.state_dict())
+            self.teacher.unet.to(accelerator.device).eval().requires_grad_(False)
+            # The teacher's schedule and time spacing (the student is sampled on the same times).
+            self.noise_scheduler = CosineDDIMScheduler.from_config(self.teacher.scheduler.config,
+                                                                   prediction_type=config.prediction_type)
+        else:
+            self.unet = build_unet(config)
+            self.noise_scheduler = build_scheduler(config)
         # The UNet's last class embedding means "no class" (as CosineDDIMPipeline.null_class_label).
         num_class_embeds = self.unet.config.num_class_embeds
         self.null_class_label = None if num_class_embeds is None else num_class_embeds - 1
-        self.noise_scheduler = build_scheduler(config)
         with accelerator.main_process_first():  # the others then read the decoded data from datasets' cache
             self.dataset = prepare_dataset(config)
-        if config.normalization == "dataset":
+        if self.teacher is not None:  # the student works in the teacher's standardised space
+            self.image_mean, self.image_std = list(self.teacher.config.image_mean), list(self.teacher.config.image_std)
+        elif config.normalization == "dataset":
             self.image_mean, self.image_std = pixel_statistics(self.dataset, config)
         else:
             self.image_mean, self.image_std = [0.5] * config.channels, [0.5] * config.channels
@@ -309,7 +323,7 @@ class Trainer:
 
         config = self.config
         pipe = self.pipeline()
-        fake, _ = generate(pipe, config.eval_num_samples, config.eval_inference_steps, seed=config.seed)
+        fake, _ = generate(pipe, config.eval_num_samples, self.student_steps or config.eval_inference_steps, seed=config.seed)
         return kid_fid(self.real_features, extract_features(fake, self.kid_features))
 
     def _check_labels(self):
@@ -426,15 +440,32 @@ class Trainer:
         copy.load_state_dict(unet.state_dict())
         if ema_weights and self.ema is not None:
             self.ema.copy_to(copy.parameters())
-        pipe = CosineDDIMPipeline(copy.to(self.accelerator.device).eval(), build_scheduler(self.config),
-                                  image_mean=self.image_mean, image_std=self.image_std)
+        pipe = CosineDDIMPipeline(copy.to(self.accelerator.device).eval(),
+                                  CosineDDIMScheduler.from_config(self.noise_scheduler.config),
+                                  image_mean=self.image_mean, image_std=self.image_std,
+                                  distilled_steps=self.student_steps)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    @property
+    def student_steps(self) -> int | None:
+        """The step count the student is distilled for (None when not distilling)."""
+        return self.config.distill_steps[0] if self.teacher is not None else None
+
+    @property
+    def grid_steps(self) -> int:
+        return self.student_steps or self.config.grid_inference_steps
+
+    def losses(self, x0: torch.Tensor, labels) -> dict[str, torch.Tensor]:
+        """The batch's loss and diagnostics: the diffusion objective, or the distillation one."""
+        if self.teacher is None:
+            return diffusion_losses(self.unet, self.noise_scheduler, x0, self.config, self.generator, labels)
+        return distillation_losses(self.unet, self.noise_scheduler, self.teacher.unet, self.teacher.scheduler, x0,
+                                   self.student_steps, self.generator, labels)
+
     def save_grid(self, step: int) -> Path:
         pipe = self.pipeline()
-        images = pipe(latents=self.grid_latents, num_inference_steps=self.config.grid_inference_steps,
-                      output_type="pt").images
+        images = pipe(latents=self.grid_latents, num_inference_steps=self.grid_steps, output_type="pt").images
         path = self.output_dir / "samples" / f"step-{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         image_grid(images).save(path)
@@ -503,7 +534,7 @@ class Trainer:
                 with accelerator.accumulate(self.unet):
                     x0 = self.to_model_space(batch["pixel_values"])
                     labels = self.labels_for_training(batch["labels"].to(device)) if self.use_labels else None
-                    losses = diffusion_losses(self.unet, self.noise_scheduler, x0, config, self.generator, labels)
+                    losses = self.losses(x0, labels)
                     accelerator.backward(losses["loss"])
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(self.unet.parameters(), config.max_grad_norm)
@@ -574,8 +605,7 @@ class Trainer:
         config = self.config
         pipe = self.pipeline()
         pipe.save_pretrained(self.output_dir)
-        images = pipe(latents=self.grid_latents, num_inference_steps=config.grid_inference_steps,
-                      output_type="pt").images
+        images = pipe(latents=self.grid_latents, num_inference_steps=self.grid_steps, output_type="pt").images
         image_grid(images).save(self.output_dir / "samples.png")
         summary = {
             "global_step": global_step, "training_seconds": round(self.training_seconds(), 1),
@@ -609,5 +639,8 @@ class Trainer:
 
 
 def train(config: TrainingConfig) -> Path:
-    """Train as `config` says and return the folder holding the saved pipeline."""
+    """Train as `config` says and return the folder holding the saved pipeline (with a teacher: the
+    last distillation round's student)."""
+    if config.teacher:
+        return distill(config)
     return Trainer(config).train()
