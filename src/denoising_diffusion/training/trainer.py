@@ -3,6 +3,8 @@
 Objective (the seeds'): for each image draw one continuous time t ~ U[0, 1] and noise eps,
 form x_t = alpha_t x_0 + sigma_t eps, and penalise the network's estimate of the noise, the image
 or the velocity (`loss_on`) with MAE or MSE (`loss`), whatever the network's `prediction_type`.
+With `teacher`, the objective is progressive distillation instead (`distillation`): the student starts
+as the teacher and learns two of its DDIM steps in one.
 
 Resuming is exact: model, optimiser, LR schedule, EMA, every RNG and the position in the data are
 restored, so N steps + resume + N steps gives the weights of 2N steps straight. The noise, times,
