@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, machine_tag  # noqa: E402
 
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler  # noqa: E402
-from denoising_diffusion.evaluate import data_config, real_images  # noqa: E402
+from denoising_diffusion.evaluate import data_config, real_images, score_samples  # noqa: E402
 from denoising_diffusion.evaluation.features import feature_extractor  # noqa: E402
-from denoising_diffusion.evaluation.kid import extract_features, generate, kid_fid  # noqa: E402
+from denoising_diffusion.evaluation.kid import extract_features, generate  # noqa: E402
 
 
 def main():
@@ -39,8 +39,7 @@ def main():
 
     def score(pipe, steps, scheduler=None):
         fake, seconds = generate(pipe, args.num_samples, steps, seed=0, scheduler=scheduler)
-        return {**kid_fid(real, extract_features(fake, extractor)), "recognised": extractor.recognised_fraction(fake),
-                "seconds": seconds}
+        return {**score_samples(fake, real, extractor), "seconds": seconds}
 
     rows = []
     for steps in args.teacher_steps:
@@ -66,13 +65,14 @@ def main():
     lines = ["| model | sampler | steps | KID | recognised (p >= 0.9) |", "| --- | --- | ---: | :--- | ---: |"]
     lines += [f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['kid']:.2f} ± {r['kid_std']:.2f} | "
               f"{r['recognised']:.1%} |" for r in rows]
+    real_recognised = extractor.held_out_recognised_fraction()
     lines.append(f"\nDistillation training time, all rounds: {training_seconds / 60:.1f} minutes. Real held-out digits "
-                 f"recognised: {extractor.held_out_recognised_fraction():.1%}.")
+                 f"recognised: {real_recognised:.1%}.")
     print("\n".join(lines))
     out = Path(args.output) if args.output else Path(__file__).resolve().parent / "results" / f"distill-{machine_tag()}.json"
     out.write_text(json.dumps({"teacher": args.teacher, "students": args.students, "num_samples": args.num_samples,
                                "distillation_training_seconds": training_seconds, "machine": machine_info(),
-                               "real_held_out_recognised": extractor.held_out_recognised_fraction(),
+                               "real_held_out_recognised": real_recognised,
                                "results": rows}, indent=2) + "\n")
     print(f"Wrote {out}")
 

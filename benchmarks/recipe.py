@@ -47,9 +47,9 @@ def main():
     args = parser.parse_args()
 
     from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler
-    from denoising_diffusion.evaluate import data_config, real_images
+    from denoising_diffusion.evaluate import data_config, real_images, score_samples
     from denoising_diffusion.evaluation.features import feature_extractor
-    from denoising_diffusion.evaluation.kid import extract_features, generate, kid_fid
+    from denoising_diffusion.evaluation.kid import extract_features, generate
     from denoising_diffusion.training import parse_config, train
 
     extractor = feature_extractor("digits")
@@ -90,8 +90,7 @@ def main():
                     if key not in cached:
                         fake, _ = generate(pipe, args.num_samples, steps, seed=0,
                                            scheduler=cls.from_config(pipe.scheduler.config))
-                        cached[key] = {**kid_fid(real, extract_features(fake, extractor)),
-                                       "recognised": extractor.recognised_fraction(fake)}
+                        cached[key] = score_samples(fake, real, extractor)
                         cache.write_text(json.dumps(cached, indent=2) + "\n")
                     scores[key] = cached[key]
             per_seed.append({"seed": seed, "training_seconds": summary.get("training_seconds"), "scores": scores})

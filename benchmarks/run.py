@@ -170,8 +170,7 @@ def sampling_throughput(pipe, device: str, batch: int = 256, steps: int = 20) ->
 @torch.no_grad()
 def kid_table(pipe, real_features, extractor, step_counts, num_samples, device, stock: bool, scheduler=None):
     """{steps: {"kid", "kid_std", "fid"[, "recognised"]}} for samples from the same noise at each step count."""
-    from denoising_diffusion.evaluation.features import DigitsFeatures
-    from denoising_diffusion.evaluation.kid import extract_features, kid_fid
+    from denoising_diffusion.evaluate import score_samples
 
     if scheduler is not None:
         pipe.scheduler = scheduler
@@ -184,10 +183,7 @@ def kid_table(pipe, real_features, extractor, step_counts, num_samples, device, 
             out = pipe(batch_size=n, num_inference_steps=steps, generator=generator, output_type="pt" if not stock else "np")
             batch = out.images if not stock else torch.from_numpy(out.images).permute(0, 3, 1, 2)
             images.append(batch.float().cpu())
-        images = torch.cat(images)
-        rows[steps] = kid_fid(real_features, extract_features(images, extractor))
-        if isinstance(extractor, DigitsFeatures):
-            rows[steps]["recognised"] = extractor.recognised_fraction(images)
+        rows[steps] = score_samples(torch.cat(images), real_features, extractor)
     return rows
 
 

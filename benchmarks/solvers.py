@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, machine_tag  # noqa: E402
 
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler  # noqa: E402
-from denoising_diffusion.evaluate import data_config, model_folder, real_images  # noqa: E402
+from denoising_diffusion.evaluate import data_config, model_folder, real_images, score_samples  # noqa: E402
 from denoising_diffusion.evaluation.features import feature_extractor  # noqa: E402
-from denoising_diffusion.evaluation.kid import extract_features, generate, kid_fid  # noqa: E402
+from denoising_diffusion.evaluation.kid import extract_features, generate  # noqa: E402
 from denoising_diffusion.schedulers.noise_schedule import SPACINGS  # noqa: E402
 
 SOLVERS = {"ddim": ("DDIM", CosineDDIMScheduler), "dpm": ("DPM-Solver++(2M)", CosineDPMSolverScheduler)}
@@ -59,9 +59,7 @@ def main():
                 runs = []
                 for seed in args.seeds:
                     fake, seconds = generate(pipe, args.num_samples, steps, seed=seed, scheduler=scheduler)
-                    scores = kid_fid(real, extract_features(fake, extractor))
-                    if digits:
-                        scores["recognised"] = extractor.recognised_fraction(fake)
+                    scores = score_samples(fake, real, extractor)
                     runs.append({"seed": seed, **scores, "seconds": seconds})
                 kids = [r["kid"] for r in runs]
                 row = {"solver": name, "spacing": spacing, "steps": steps, "kid": statistics.mean(kids),
@@ -78,13 +76,12 @@ def main():
         spread = f" (seeds {r['kid_seed_spread']:.2f} apart)" if r["kid_seed_spread"] is not None else ""
         lines.append(f"| {r['solver']} | {r['spacing']} | {r['steps']} | {r['kid']:.2f} ± {r['kid_std']:.2f}{spread} | "
                      f"{r['fid']:.2f} |" + (f" {r['recognised']:.1%} |" if digits else ""))
-    if digits:
-        lines.append(f"\nReal held-out digits recognised: {extractor.held_out_recognised_fraction():.1%}")
-    print("\n".join(lines))
     result = {"model": args.model, "num_samples": args.num_samples, "seeds": args.seeds, "features": args.features,
               "rho": args.rho, "machine": machine_info(), "results": rows}
     if digits:
         result["real_held_out_recognised"] = extractor.held_out_recognised_fraction()
+        lines.append(f"\nReal held-out digits recognised: {result['real_held_out_recognised']:.1%}")
+    print("\n".join(lines))
     out = Path(args.output) if args.output else Path(__file__).resolve().parent / "results" / f"solvers-{machine_tag()}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .evaluation.features import feature_extractor, resolve_features
+from .evaluation.features import DigitsFeatures, feature_extractor, resolve_features
 from .evaluation.kid import extract_features, generate, kid_fid
 from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from .training.config import ConfigError, TrainingConfig
@@ -56,6 +56,16 @@ def real_images(config: TrainingConfig, limit: int) -> torch.Tensor:
     return dataset.select(range(count))[:]["pixel_values"].float().div(255.0)
 
 
+def score_samples(fake: torch.Tensor, real_features: torch.Tensor, extractor: torch.nn.Module,
+                  batch_size: int = 256) -> dict[str, float]:
+    """KID/FID of samples (N, C, H, W) in [0, 1] against precomputed real features; with the digits
+    features also the fraction the classifier recognises with p >= 0.9 (`recognised`)."""
+    scores = kid_fid(real_features, extract_features(fake, extractor, batch_size))
+    if isinstance(extractor, DigitsFeatures):
+        scores["recognised"] = extractor.recognised_fraction(fake)
+    return scores
+
+
 def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="auto",
              dataset: str | None = None, image_column: str | None = None, train_data_dir: str | None = None,
              inception_weights: str | None = None, num_real: int = 10000, batch_size: int = 256, seed: int = 0,
@@ -83,9 +93,7 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="au
     rows = []
     for n in steps:
         fake, seconds = generate(pipe, num_samples, n, batch_size=batch_size, seed=seed)
-        scores = kid_fid(real_features, extract_features(fake, extractor, batch_size))
-        if features == "digits":
-            scores["recognised"] = extractor.recognised_fraction(fake)
+        scores = score_samples(fake, real_features, extractor, batch_size)
         rows.append({"steps": n, **scores, "seconds": seconds, "images_per_second": num_samples / seconds})
     result = {
         "model": str(model), "dataset": config.train_data_dir or config.dataset_name, "num_real": len(real),
