@@ -149,5 +149,14 @@ class _Features(nn.Module):
         return self.classifier.features(images)
 
 
+def category_features(config) -> tuple[nn.Module, float]:
+    """For another benchmark: the classifier's features for `config`'s emoji data at its resolution
+    (images in [0, 1] -> (N, 128)), and the classifier's held-out balanced accuracy."""
+    images, labels, _ = load_emoji(config.dataset_name, config.resolution)
+    with torch.enable_grad():
+        classifier, _, balanced = train_classifier(images, labels, config.resolution)
+    return _Features(classifier).eval(), balanced
+
+
 if __name__ == "__main__":
     main()

@@ -30,9 +30,29 @@ VARIANTS = {
     "v_mae": {"loss": "mae", "loss_on": "velocity", "prediction_type": "v_prediction"},
     "v_mse_snr5": {"loss": "mse", "loss_on": "velocity", "prediction_type": "v_prediction", "snr_gamma": 5.0},
     "mse_snr5": {"loss": "mse", "loss_on": "noise", "prediction_type": "epsilon", "snr_gamma": 5.0},
-    "ema_9995": {"ema_decay": 0.9995},
-    "ema_998": {"ema_decay": 0.998},
+    "snr5": {"snr_gamma": 5.0},  # the default (MAE on the noise) with Min-SNR-5 weighting
+    # EMA. At 1,160 steps EMAModel's warm-up (1 + s) / (10 + s) stays below any ema_decay >= 0.992, so
+    # 0.998, 0.999 and 0.9995 train bit-identical weights; ema_min_decay holds the decay constant instead.
+    "ema_const_999": {"ema_decay": 0.999, "ema_min_decay": 0.999},  # the seeds' Keras EMA
+    "ema_const_995": {"ema_decay": 0.995, "ema_min_decay": 0.995},
+    # Architecture (default: widths 32/64/96, two residual blocks per level, no attention; 2.0M parameters).
+    "attn": {"unet": {"down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+                      "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}},  # at 4x4; 2.2M
+    "narrow": {"unet": {"block_out_channels": [24, 48, 72]}},  # 1.1M
+    "wide": {"unet": {"block_out_channels": [48, 96, 144]}},  # 4.5M
+    "deep": {"unet": {"layers_per_block": 3}},  # 2.8M
 }
+
+
+def matches(saved: dict, overrides: dict) -> bool:
+    """Whether a saved training config has every override (for the UNet: every given key)."""
+    for key, value in overrides.items():
+        if key == "unet":
+            if any(saved.get("unet", {}).get(k) != v for k, v in value.items()):
+                return False
+        elif saved.get(key) != value:
+            return False
+    return True
 
 
 def main():
@@ -62,13 +82,12 @@ def main():
             argv = ["--config", args.config, "--logger", "none", "--output_dir",
                     str(Path(args.output_dir) / f"{variant}-seed{seed}")]
             for key, value in overrides.items():
-                argv += [f"--{key}", str(value)]
+                argv += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
             config = parse_config(argv)
             folder = Path(config.output_dir)
             saved = folder / "training_config.yaml"
             reuse = (folder / "model_index.json").exists() and saved.exists() and \
-                yaml.safe_load(saved.read_text()).get("seed") == seed and all(
-                    yaml.safe_load(saved.read_text()).get(k) == v for k, v in overrides.items())
+                matches(yaml.safe_load(saved.read_text()), overrides)
             if not reuse:
                 config.overwrite_output_dir = True
                 config.checkpointing_steps = config.save_images_steps = 10**9
@@ -93,7 +112,8 @@ def main():
                         cached[key] = score_samples(fake, real, extractor)
                         cache.write_text(json.dumps(cached, indent=2) + "\n")
                     scores[key] = cached[key]
-            per_seed.append({"seed": seed, "training_seconds": summary.get("training_seconds"), "scores": scores})
+            per_seed.append({"seed": seed, "training_seconds": summary.get("training_seconds"),
+                             "num_parameters": summary.get("num_parameters"), "scores": scores})
             print(json.dumps({"variant": variant, "seed": seed,
                               **{k: round(v["kid"], 2) for k, v in scores.items()}}), flush=True)
         keys = per_seed[0]["scores"].keys()
@@ -106,14 +126,16 @@ def main():
                                 "recognised": statistics.mean(run["scores"][key]["recognised"] for run in per_seed)}
         rows.append(row)
     keys = list(rows[0]["mean"])
-    lines = ["| variant | " + " | ".join(keys) + " |", "| --- |" + " :--- |" * len(keys)]
+    lines = ["| variant | params | train min | " + " | ".join(keys) + " |", "| --- | --- | --- |" + " :--- |" * len(keys)]
     for row in rows:
         cells = []
         for key in keys:
             m = row["mean"][key]
             spread = f" ({m['kid_seed_spread']:.1f} apart)" if m["kid_seed_spread"] is not None else ""
             cells.append(f"{m['kid']:.2f} ± {m['kid_std']:.2f}{spread}; {m['recognised']:.0%}")
-        lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
+        params = row["runs"][0]["num_parameters"]
+        minutes = statistics.mean(run["training_seconds"] or 0 for run in row["runs"]) / 60
+        lines.append(f"| {row['variant']} | {params / 1e6:.1f}M | {minutes:.1f} | " + " | ".join(cells) + " |")
     lines.append(f"\nCells: KID (digits features) ± subset std; recognised with p >= 0.9 (real held-out digits: "
                  f"{extractor.held_out_recognised_fraction():.1%}). Seeds {args.seeds}, {args.num_samples} samples.")
     print("\n".join(lines))

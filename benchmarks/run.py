@@ -2,6 +2,7 @@
 
     python benchmarks/run.py [--quick] [--steps N] [--device cuda] [--config configs/digits.yaml]
                              [--stock_lrs 1e-4 3e-4 1e-3] [--seeds 42 43] [--ours_models outputs/digits]
+    python benchmarks/run.py --config configs/emoji32.yaml --unconditional --features emoji
 
 Stock recipe = diffusers' `examples/unconditional_image_generation/train_unconditional.py`:
 `UNet2DModel` (residual blocks with self-attention at the middle resolution and in the mid block),
@@ -16,8 +17,14 @@ A fair comparison tunes the baseline: the stock recipe is trained at every learn
 "stock tuned" the learning rate with the lowest KID at any step count. Ours and tuned stock are then
 trained again with the other `--seeds`, and KIDs are averaged over seeds.
 
-Measures: (1) KID at 10/20/50 sampling steps (digits features for the built-in digits, otherwise
-Inception), for ours with DDIM and with DPM-Solver++(2M), and, with digits features, the fraction
+With `--unconditional` a class-conditional config is trained without its labels (the stock recipe is
+unconditional, so both learn the same task). `--features emoji` scores the Noto emoji
+(benchmarks/data/emoji.py) with the category classifier of benchmarks/emoji_quality.py, trained here
+on the config's data (not comparable with Inception KIDs); `--features inception --inception_weights
+PATH` for data with downloadable Inception weights.
+
+Measures: (1) KID at 10/20/50 sampling steps (`--features auto`: digits features for the built-in
+digits, otherwise Inception), for ours with DDIM and with DPM-Solver++(2M), and, with digits features, the fraction
 of samples the held-out digits classifier recognises with probability >= 0.9 (and of real held-out
 digits); (2) training images/s after warm-up; (3) sampling images/s at 20 steps, batch 256; (4) the
 machine's measured matmul peak, the models' FLOPs per image (torch.utils.flop_counter) and the
@@ -211,6 +218,12 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="Training seeds (default: the config's). The sweep uses the first; ours and tuned stock "
                              "repeat with the others.")
+    parser.add_argument("--unconditional", action="store_true",
+                        help="Train ours without the config's class labels (the stock recipe is unconditional).")
+    parser.add_argument("--features", default="auto", choices=["auto", "digits", "emoji", "inception"],
+                        help="KID features: auto = digits for the built-in digits, else Inception; emoji = a category "
+                             "classifier trained on the config's data (benchmarks/emoji_quality.py).")
+    parser.add_argument("--inception_weights", default=None, help="Local Inception weights (for --features inception).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output_dir", default=str(ROOT / "outputs" / "benchmark"))
     parser.add_argument("--ours_models", nargs="+", default=[],
@@ -228,6 +241,9 @@ def main():
     from denoising_diffusion.training.trainer import build_unet
 
     config = parse_config(["--config", args.config])
+    if args.unconditional:
+        config.label_column, config.cond_drop_prob = None, 0.0
+        config.unet = {**config.unet, "num_class_embeds": None}
     if args.device == "cpu":
         config.mixed_precision = "no"
     seeds = args.seeds or [config.seed]
@@ -253,8 +269,15 @@ def main():
     print(f"params ours {ours_params:,}, stock {stock_params:,} ({stock_params / ours_params:.3f}x); "
           f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
 
-    name = resolve_features("auto", config.dataset_name, config.train_data_dir)
-    extractor = feature_extractor(name).to(device)
+    name = resolve_features(args.features, config.dataset_name, config.train_data_dir)
+    if name == "emoji":
+        from emoji_quality import category_features
+
+        extractor, accuracy = category_features(config)
+        print(f"emoji category classifier: held-out balanced accuracy {accuracy:.3f}")
+        extractor = extractor.to(device)
+    else:
+        extractor = feature_extractor(name, args.inception_weights).to(device)
     real = extract_features(dataset[:]["pixel_values"].float() / 255.0, extractor)
     digits = name == "digits"
 

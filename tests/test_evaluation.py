@@ -42,6 +42,20 @@ def test_kid_separates_real_from_unlike_images():
         assert other["fid"] > 5 * same["fid"]
 
 
+def test_kid_subsets_are_seeded_and_leave_the_global_generator_alone():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 16, generator=generator, dtype=torch.float64)
+    fake = torch.randn(300, 16, generator=generator, dtype=torch.float64) + 0.3
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = kid_fid(real, fake, subsets=20, subset_size=100)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    assert kid_fid(real, fake, subsets=20, subset_size=100) == first  # same features, same KID
+    other = kid_fid(real, fake, subsets=20, subset_size=100, seed=1)
+    assert other["kid"] != first["kid"] and other["fid"] == first["fid"]  # other subsets; FID has none
+    assert first["kid"] > 3 * first["kid_std"] > 0  # a real shift is measured
+
+
 def test_recognised_fraction_is_high_on_real_digits_and_low_on_degraded_ones():
     _, x_test, _, _ = _digits_split()
     features = DigitsFeatures()

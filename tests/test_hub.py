@@ -1,10 +1,7 @@
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 import torch
 from huggingface_hub import ModelCard
 
@@ -43,7 +40,18 @@ def test_card_renders_and_loads(trained):
     assert "![Samples" in text and "(samples.png)" in text and (trained / "samples.png").exists()
     assert "Training time:" in text and "AMD" in text or "cores" in text
     assert "loss: mae" in text  # the training configuration is embedded
+    # 3 steps: EMAModel's warm-up (1 + s) / (10 + s) reached 3/12 at the last update, far below the 0.999 cap
+    assert "EMA weights (decay capped at 0.999; EMAModel's warm-up reached 0.2500 by the last step)" in text
     assert "{{" not in text
+
+
+def test_card_states_a_constant_ema_decay_as_trained(tmp_path):
+    from denoising_diffusion.hub import render_model_card
+    from denoising_diffusion.training import parse_config, train
+
+    out = train(parse_config(TINY + ["--output_dir", str(tmp_path / "run"), "--max_train_steps", "2",
+                                     "--ema_decay", "0.9", "--ema_min_decay", "0.9"]))
+    assert "EMA weights (decay 0.9)" in render_model_card(out).text
 
 
 def test_push_then_load_by_repo_id_through_the_hub_api(trained, tmp_path):

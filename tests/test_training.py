@@ -266,3 +266,27 @@ def test_shipped_configs_train_on_local_data_of_their_hub_schema(tmp_path, name,
     assert pipe.unet.config.sample_size == hub_config.resolution
     assert pipe.unet.config.in_channels == (3 if mode == "RGB" else 1)
     assert (pipe.unet.config.num_class_embeds is not None) == (name == "mnist")
+
+
+@pytest.mark.parametrize("min_decay", [None, 0.5])
+def test_ema_min_decay_sets_the_ema_weights_and_an_unreachable_decay_is_reported(tmp_path, caplog, min_decay):
+    # Two steps with ema_decay 0.5. diffusers' EMAModel copies the weights at the first update and then
+    # uses min((1 + s) / (10 + s), decay) = 2/11 at the second, unless ema_min_decay holds it at 0.5.
+    extra = ["--ema_min_decay", min_decay] if min_decay is not None else []
+    with caplog.at_level("WARNING"):
+        out = train(config_for(tmp_path, "--max_train_steps", 2, "--checkpointing_steps", 1, "--ema_decay", 0.5,
+                               *extra))
+    reported = [r.getMessage() for r in caplog.records if "ema_decay=0.5 is not reached" in r.getMessage()]
+    assert len(reported) == (1 if min_decay is None else 0)
+    decay = 0.5 if min_decay is not None else 2 / 11
+    first, second = (load_file(str(out / f"checkpoint-{s}" / "model.safetensors")) for s in (1, 2))
+    ema = unet_weights(out)
+    assert any((second[k] != first[k]).any() for k in ema)  # the weights moved, so the average is informative
+    for key in ema:
+        torch.testing.assert_close(ema[key], decay * first[key] + (1 - decay) * second[key])
+
+
+@pytest.mark.parametrize("args", [("--ema_decay", 1.0), ("--ema_min_decay", 0.9999), ("--ema_min_decay", -0.1)])
+def test_bad_ema_settings_are_rejected_by_name(args):
+    with pytest.raises(ConfigError, match=args[0].lstrip("-")):
+        parse_config(TINY + list(map(str, args)))

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 # The repository's model_card.md (linked into the package, so installed copies carry it).
@@ -78,7 +79,7 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         resolution=config["resolution"], channels=config["channels"], schedule=schedule["schedule"],
         min_signal_rate=schedule["min_signal_rate"], max_signal_rate=schedule["max_signal_rate"],
         prediction_type=config["prediction_type"], loss=config["loss"], loss_on=config["loss_on"],
-        ema_decay=config["ema_decay"] if config.get("use_ema") else "none (no EMA)",
+        ema_decay=_ema_description(config, summary.get("global_step")),
         dataset_description=dataset_description,
         train_steps=summary.get("global_step", "unknown"), batch_size=config["train_batch_size"],
         learning_rate=config["learning_rate"], mixed_precision=config["mixed_precision"],
@@ -87,6 +88,22 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         training_config=yaml.safe_dump(config, sort_keys=False).strip(),
         evaluation=_evaluation_markdown(folder),
     )
+
+
+def _ema_description(config: dict, steps: int | None) -> str:
+    """The EMA as trained: EMAModel's decay is capped at `ema_decay`, but its warm-up may end below it."""
+    if not config.get("use_ema"):
+        return "none (no EMA)"
+    text = f"{config['ema_decay']}"
+    if steps:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=config["ema_decay"],
+                       min_decay=config.get("ema_min_decay", 0.0))
+        last = ema.get_decay(steps)
+        if last < config["ema_decay"]:
+            text = f"capped at {config['ema_decay']}; EMAModel's warm-up reached {last:.4f} by the last step"
+    return text
 
 
 def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:

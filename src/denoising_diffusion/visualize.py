@@ -8,7 +8,6 @@ Each function returns a `matplotlib.figure.Figure`; the command saves them as PN
 """
 
 import argparse
-import math
 from pathlib import Path
 
 import matplotlib

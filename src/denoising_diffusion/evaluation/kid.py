@@ -31,8 +31,13 @@ def extract_features(images: torch.Tensor, features: nn.Module, batch_size: int 
 
 
 def kid_fid(real_features: torch.Tensor, fake_features: torch.Tensor, subsets: int = 100,
-            subset_size: int = 1000) -> dict[str, float]:
-    """KID (mean and std over `subsets` random subsets) and FID from precomputed features."""
+            subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
+    """KID (mean and std over `subsets` random subsets) and FID from precomputed features.
+
+    torchmetrics draws the KID subsets from torch's global generator; they are drawn here under
+    `seed` (the caller's generator state is left as it was), so the same features always give the
+    same KID.
+    """
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -43,7 +48,9 @@ def kid_fid(real_features: torch.Tensor, fake_features: torch.Tensor, subsets: i
     for metric in (kid, fid):
         metric.update(real_features, real=True)
         metric.update(fake_features, real=False)
-    kid_mean, kid_std = kid.compute()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
     return {"kid": float(kid_mean), "kid_std": float(kid_std), "fid": float(fid.compute())}
 
 

@@ -115,7 +115,17 @@ class TrainingConfig:
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
     use_ema: bool = field(default=True, metadata={"help": "Keep an exponential moving average of the weights."})
-    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay (Keras example: 0.999)."})
+    ema_decay: float = field(
+        default=0.999,
+        metadata={"help": "EMA decay, the most it reaches. diffusers' EMAModel ramps the decay as (1 + s) / (10 + s) "
+                          "at step s up to this value, which takes about 9 / (1 - ema_decay) steps (9,000 for 0.999): "
+                          "in shorter runs ema_decay has no effect (the trainer says so at the start)."},
+    )
+    ema_min_decay: float = field(
+        default=0.0,
+        metadata={"help": "EMAModel's min_decay: the decay never drops below it. ema_min_decay = ema_decay gives a "
+                          "constant decay from the first step, as the seeds' Keras EMA."},
+    )
 
     # -- hardware
     mixed_precision: str = field(
@@ -212,6 +222,11 @@ class TrainingConfig:
             raise ConfigError(f"max_train_steps={self.max_train_steps} is not valid; expected an integer >= 1.")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ConfigError(f"cond_drop_prob={self.cond_drop_prob} is not valid; expected a value in [0, 1).")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay} is not valid; expected a value in [0, 1).")
+        if not 0.0 <= self.ema_min_decay <= self.ema_decay:
+            raise ConfigError(f"ema_min_decay={self.ema_min_decay} is not valid; expected a value in "
+                              f"[0, ema_decay={self.ema_decay}].")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma} is not valid; expected a positive number (or unset).")
         if self.unet.get("num_class_embeds") and not self.label_column:

@@ -245,8 +245,8 @@ class Trainer:
 
         self.ema = None
         if config.use_ema:
-            self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay, foreach=True,
-                                model_cls=ContinuousUNet2DModel, model_config=self.unet.config)
+            self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay, min_decay=config.ema_min_decay,
+                                foreach=True, model_cls=ContinuousUNet2DModel, model_config=self.unet.config)
         optimizer = torch.optim.AdamW(
             self.unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
@@ -265,6 +265,14 @@ class Trainer:
             batches = math.ceil(len(self.dataset) / (config.train_batch_size * accelerator.num_processes))
             self.steps_per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
         self.max_train_steps = config.max_train_steps or config.num_epochs * self.steps_per_epoch
+        if self.ema is not None and accelerator.is_main_process:
+            last = self.ema.get_decay(self.max_train_steps)  # the decay of the run's last EMA update
+            if last < config.ema_decay:
+                logger.warning(
+                    "ema_decay=%s is not reached in this run's %d steps: EMAModel's warm-up (1 + s) / (10 + s) "
+                    "only reaches %.4f by the last step, so the EMA averages about the last %d steps whatever "
+                    "ema_decay is. Set ema_min_decay (e.g. equal to ema_decay for a constant decay) to change it.",
+                    config.ema_decay, self.max_train_steps, last, round(1 / (1 - last)))
         lr_scheduler = get_scheduler(
             config.lr_scheduler, optimizer=optimizer,
             num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
