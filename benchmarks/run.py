@@ -250,6 +250,9 @@ def main():
     dataset = prepare_dataset(config)
     per_epoch = math.ceil(len(dataset) / config.train_batch_size)
     steps = args.steps or (300 if args.quick else config.num_epochs * per_epoch)
+    if steps <= 20:
+        parser.error(f"--steps {steps} is too few: training images/s leave out the first 20 steps (warm-up), "
+                     "so both runs need more than 20.")
     num_samples = 500 if args.quick else args.num_samples
     sample_steps = tuple(args.sample_steps)
     device = args.device
