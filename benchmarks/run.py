@@ -28,8 +28,8 @@ digits, otherwise Inception), for ours with DDIM and with DPM-Solver++(2M), and,
 of samples the held-out digits classifier recognises with probability >= 0.9 (and of real held-out
 digits); (2) training images/s after warm-up; (3) sampling images/s at 20 steps, batch 256; (4) the
 machine's measured matmul peak, the models' FLOPs per image (torch.utils.flop_counter) and the
-fraction of peak each run achieves. Writes benchmarks/results/run-<machine>.json and prints markdown
-tables.
+fraction of peak each run achieves. Writes benchmarks/results/run-<machine>.json, prints markdown
+tables and saves 36-sample grids of every model and step count under `--output_dir`/samples.
 """
 
 import argparse
@@ -175,9 +175,14 @@ def sampling_throughput(pipe, device: str, batch: int = 256, steps: int = 20) ->
 
 
 @torch.no_grad()
-def kid_table(pipe, real_features, extractor, step_counts, num_samples, device, stock: bool, scheduler=None):
-    """{steps: {"kid", "kid_std", "fid"[, "recognised"]}} for samples from the same noise at each step count."""
+def kid_table(pipe, real_features, extractor, step_counts, num_samples, device, stock: bool, scheduler=None,
+              grid: Path | None = None):
+    """{steps: {"kid", "kid_std", "fid"[, "recognised"]}} for samples from the same noise at each step count.
+
+    With `grid`, the first 36 samples at each step count are saved as `<grid>-<steps>steps.png`, to judge by eye.
+    """
     from denoising_diffusion.evaluate import score_samples
+    from denoising_diffusion.training.trainer import image_grid
 
     if scheduler is not None:
         pipe.scheduler = scheduler
@@ -190,7 +195,11 @@ def kid_table(pipe, real_features, extractor, step_counts, num_samples, device, 
             out = pipe(batch_size=n, num_inference_steps=steps, generator=generator, output_type="pt" if not stock else "np")
             batch = out.images if not stock else torch.from_numpy(out.images).permute(0, 3, 1, 2)
             images.append(batch.float().cpu())
-        rows[steps] = score_samples(torch.cat(images), real_features, extractor)
+        images = torch.cat(images)
+        if grid is not None:
+            grid.parent.mkdir(parents=True, exist_ok=True)
+            image_grid(images[:36]).save(f"{grid}-{steps}steps.png")
+        rows[steps] = score_samples(images, real_features, extractor)
     return rows
 
 
@@ -284,6 +293,7 @@ def main():
     real = extract_features(dataset[:]["pixel_values"].float() / 255.0, extractor)
     digits = name == "digits"
 
+    samples_dir = Path(args.output_dir) / "samples"  # sample grids per model and step count
     # Ours, every seed; sampled with DDIM and with DPM-Solver++(2M), each with its scheduler defaults.
     ours_kids = {"ddim": [], "dpm": []}
     for index, seed in enumerate(seeds):
@@ -307,7 +317,7 @@ def main():
         base = pipe.scheduler.config
         for solver, cls in (("ddim", CosineDDIMScheduler), ("dpm", CosineDPMSolverScheduler)):
             table = kid_table(pipe, real, extractor, sample_steps, num_samples, device, stock=False,
-                              scheduler=cls.from_config(base))
+                              scheduler=cls.from_config(base), grid=samples_dir / f"ours-seed{seed}-{solver}")
             ours_kids[solver].append(table)
             print(f"ours seed {seed} {solver}: " + json.dumps({s: round(r["kid"], 3) for s, r in table.items()}), flush=True)
 
@@ -318,14 +328,16 @@ def main():
         pipe, train_speed = train_stock(config, steps, device, learning_rate=lr, seed=seeds[0])
         if index == 0:
             stock_train, stock_sample = train_speed, sampling_throughput(pipe, device)
-        stock_kids[lr] = [kid_table(pipe, real, extractor, sample_steps, num_samples, device, stock=True)]
+        stock_kids[lr] = [kid_table(pipe, real, extractor, sample_steps, num_samples, device, stock=True,
+                                    grid=samples_dir / f"stock-lr{lr:g}-seed{seeds[0]}")]
         print(f"stock lr {lr:g} seed {seeds[0]}: " + json.dumps({s: round(r["kid"], 3) for s, r in stock_kids[lr][0].items()}),
               flush=True)
     best_lr = min(args.stock_lrs, key=lambda lr: min(r["kid"] for r in stock_kids[lr][0].values()))
     for seed in seeds[1:]:
         print(f"training stock, lr {best_lr:g}, seed {seed} ...", flush=True)
         pipe, _ = train_stock(config, steps, device, learning_rate=best_lr, seed=seed)
-        stock_kids[best_lr].append(kid_table(pipe, real, extractor, sample_steps, num_samples, device, stock=True))
+        stock_kids[best_lr].append(kid_table(pipe, real, extractor, sample_steps, num_samples, device, stock=True,
+                                             grid=samples_dir / f"stock-lr{best_lr:g}-seed{seed}"))
 
     ours = {solver: mean_over_seeds(tables) for solver, tables in ours_kids.items()}
     stock = {lr: mean_over_seeds(tables) for lr, tables in stock_kids.items()}

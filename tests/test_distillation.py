@@ -10,21 +10,26 @@ from torch import nn
 from conftest import TINY_ARGS
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
 from denoising_diffusion.training import ConfigError, parse_config, train
+from denoising_diffusion.training import trainer as trainer_module
 from denoising_diffusion.training.distillation import distillation_losses, student_times, teacher_target
 from test_training import assert_same_weights, straight_and_resumed, unet_weights
 
 
 class FakeUNet(nn.Module):
-    """A fixed nonlinear 'denoiser' whose output depends on the sample and the time."""
+    """A fixed nonlinear 'denoiser' whose output depends on the sample, the time and the class."""
 
     def forward(self, sample, timestep, class_labels=None):
         t = torch.as_tensor(timestep, dtype=sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
-        return SimpleNamespace(sample=torch.tanh(sample) * (0.5 + t) + 0.1 * sample**2)
+        out = torch.tanh(sample) * (0.5 + t) + 0.1 * sample**2
+        if class_labels is not None:
+            out = out + 0.2 * class_labels.to(sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
+        return SimpleNamespace(sample=out)
 
 
+@pytest.mark.parametrize("labelled", [False, True])
 @pytest.mark.parametrize("spacing", ["log_snr", "time"])
 @pytest.mark.parametrize("teacher_prediction", ["epsilon", "v_prediction"])
-def test_one_student_step_with_the_target_lands_where_two_teacher_steps_land(spacing, teacher_prediction):
+def test_one_student_step_with_the_target_lands_where_two_teacher_steps_land(spacing, teacher_prediction, labelled):
     n = 4
     teacher_scheduler = CosineDDIMScheduler(timestep_spacing=spacing, prediction_type=teacher_prediction)
     student_scheduler = CosineDDIMScheduler(timestep_spacing=spacing, prediction_type="sample")
@@ -33,14 +38,18 @@ def test_one_student_step_with_the_target_lands_where_two_teacher_steps_land(spa
     student_scheduler.set_timesteps(n)
     z = torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     i = torch.arange(n, 0, -1)  # one sample per student step: i = n (t = 1) ... 1 (ends at the data)
-    target = teacher_target(teacher, teacher_scheduler, student_scheduler, z, i, n)
+    labels = torch.tensor([0, 3, 1, 2]) if labelled else None
+    target = teacher_target(teacher, teacher_scheduler, student_scheduler, z, i, n, labels)
+    if labelled:  # the teacher is asked with each sample's class
+        assert not torch.allclose(target, teacher_target(teacher, teacher_scheduler, student_scheduler, z, i, n))
     for row, (step_i, t_student) in enumerate(zip(i.tolist(), student_scheduler.timesteps)):
         t_first, t_second = teacher_scheduler.timesteps[2 * (n - step_i)], teacher_scheduler.timesteps[2 * (n - step_i) + 1]
         assert float(t_first) == float(t_student)  # the student's times are every other teacher time
         assert float(student_times(student_scheduler, torch.tensor([step_i]), n)[0]) == float(t_student)
         x = z[row:row + 1]
+        label = None if labels is None else labels[row:row + 1]
         for t in (t_first, t_second):
-            x = teacher_scheduler.step(teacher(x, t).sample, t, x).prev_sample
+            x = teacher_scheduler.step(teacher(x, t, label).sample, t, x).prev_sample
         one_step = student_scheduler.step(target[row:row + 1], t_student, z[row:row + 1]).prev_sample
         torch.testing.assert_close(one_step, x, rtol=1e-4, atol=1e-4)
     # the last step ends at the data: the target is the teacher's two-step result itself
@@ -100,6 +109,39 @@ def test_rounds_save_normal_pipelines_that_sample_with_their_step_count(tmp_path
     # the student learned: its weights moved away from the teacher's
     moved = [not torch.equal(a, b) for a, b in zip(student.unet.state_dict().values(), teacher.unet.state_dict().values())]
     assert any(moved)
+
+
+def test_a_class_conditional_teacher_distils_into_a_class_conditional_student(tmp_path, monkeypatch):
+    unet = json.dumps({"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "num_class_embeds": 11})
+    conditional = TINY_ARGS + ["--unet", unet, "--label_column", "label", "--cond_drop_prob", "0.5"]
+    teacher = train(parse_config(conditional + ["--output_dir", str(tmp_path / "teacher"), "--max_train_steps", "3"]))
+    with pytest.raises(ConfigError, match="is class-conditional; set label_column"):
+        train(distill_config(tmp_path, teacher, name="no-labels"))
+    seen = []
+    real = trainer_module.distillation_losses
+
+    def spy(*args, **kwargs):
+        seen.append(args[7].clone())  # the class labels given to both teacher and student
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "distillation_losses", spy)
+    last = train(parse_config(conditional + ["--teacher", str(teacher), "--output_dir", str(tmp_path / "distill"),
+                                             *map(str, DISTILL), "--distill_steps", "2", "--train_batch_size", "40"]))
+    labels = torch.cat(seen)
+    assert labels.numel() == 4 * 40
+    assert 0 < (labels == 10).sum() < labels.numel()  # the "no class" label is trained too (guidance)
+    assert labels[labels != 10].max() <= 9
+    student = CosineDDIMPipeline.from_pretrained(last)
+    student.set_progress_bar_config(disable=True)
+    assert student.unet.config.num_class_embeds == 11 and student.null_class_label == 10
+    assert student.config.distilled_steps == 2
+
+    def sample(**kwargs):
+        return student(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs).images
+
+    three, seven = sample(class_labels=[3, 3]), sample(class_labels=[7, 7])
+    assert not torch.allclose(three, seven)  # the student's output depends on the class
+    assert not torch.allclose(sample(class_labels=[3, 3], guidance_scale=3.0), three)
 
 
 def test_a_distillation_killed_mid_round_resumes_bit_identically(tmp_path, monkeypatch, trained):
