@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, machine_tag  # noqa: E402
+from common import machine_info, machine_tag  # noqa: E402
 
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler  # noqa: E402
-from denoising_diffusion.evaluate import data_config, real_images, score_samples  # noqa: E402
+from denoising_diffusion.evaluation.scoring import generate, score_samples  # noqa: E402
+from denoising_diffusion.training.data import data_config, real_images  # noqa: E402
 from denoising_diffusion.evaluation.features import feature_extractor  # noqa: E402
-from denoising_diffusion.evaluation.kid import extract_features, generate  # noqa: E402
+from denoising_diffusion.evaluation.kid import extract_features  # noqa: E402
 
 
 def main():

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_tag  # noqa: E402
+from common import machine_tag  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -14,52 +14,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ROOT, machine_info, machine_tag, sync  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def matmul_peak(device: str, dtype=torch.bfloat16, n: int = 8192, iters: int = 50) -> float:
-    """Best achieved dense matmul throughput (FLOP/s) on n x n x n products."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(5):
-        a @ b
-    best = 0.0
-    for _ in range(5):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            a @ b
-        sync(device)
-        best = max(best, 2 * n**3 * iters / (time.perf_counter() - start))
-    return best
-
-
-def flops_per_image(config, device: str) -> tuple[float, float]:
-    """(forward, training step) FLOPs per image of the config's UNet."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from denoising_diffusion.training.trainer import build_unet
-
-    unet = build_unet(config).to(device)
-    batch = 8
-    x = torch.randn(batch, config.channels, config.resolution, config.resolution, device=device)
-    t = torch.rand(batch, device=device)
-    labels = torch.zeros(batch, dtype=torch.long, device=device) if unet.config.num_class_embeds else None
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        unet(x, t, class_labels=labels)
-    forward = counter.get_total_flops() / batch
-    with FlopCounterMode(display=False) as counter:
-        unet(x, t, class_labels=labels).sample.abs().mean().backward()
-    return forward, counter.get_total_flops() / batch
-
+from common import RESULTS, ROOT, flops_per_image, machine_info, machine_tag, matmul_peak  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,11 +29,15 @@ def main():
     args = parser.parse_args()
 
     from denoising_diffusion.training import parse_config
+    from denoising_diffusion.training.components import build_unet
 
     config = parse_config(["--config", args.config])
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    peak = matmul_peak(args.device, dtype, args.matmul_size)
-    forward, train_step = flops_per_image(config, args.device)
+    peak = matmul_peak(args.device, dtype, args.matmul_size, iters=50)
+    unet = build_unet(config).to(args.device)
+    flops = flops_per_image(unet, (config.channels, config.resolution, config.resolution), 0.5, args.device,
+                            class_labels=0 if unet.config.num_class_embeds else None)
+    forward, train_step = flops["forward"], flops["train"]
     tag = machine_tag()
     lines = [f"Machine: {machine_info()['gpu'] or machine_info()['cpu']}; dense {str(dtype)[6:]} matmul peak "
              f"{peak / 1e12:.1f} TFLOP/s; {Path(args.config).name}: {forward / 1e9:.2f} GFLOP forward, "

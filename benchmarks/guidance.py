@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, machine_tag  # noqa: E402
+from common import machine_info, machine_tag  # noqa: E402
 
 from denoising_diffusion import CosineDDIMPipeline  # noqa: E402
 from denoising_diffusion.evaluation.features import load_digits_classifier  # noqa: E402

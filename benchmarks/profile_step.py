@@ -14,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ROOT  # noqa: E402
+from common import ROOT, stock_unet  # noqa: E402
 
 
 def main():
@@ -26,10 +26,9 @@ def main():
     parser.add_argument("--rows", type=int, default=15)
     args = parser.parse_args()
 
-    from run import stock_unet
 
     from denoising_diffusion.training import parse_config
-    from denoising_diffusion.training.trainer import build_unet
+    from denoising_diffusion.training.components import build_unet
 
     config = parse_config(["--config", args.config])
     torch.manual_seed(0)

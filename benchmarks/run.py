@@ -36,7 +36,6 @@ import argparse
 import copy
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,52 +43,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ROOT, machine_info, machine_tag, sync  # noqa: E402
-
-
-def matmul_peak(device: str, dtype=torch.float32, n: int = 2048, repeats: int = 10) -> float:
-    """Measured dense matmul throughput in FLOP/s (n x n x n products)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
-def flops_per_image(model, sample_shape, time_input, device) -> dict:
-    """Forward FLOPs for one image, and training FLOPs (~3x forward: forward + backward)."""
-    x = torch.randn(1, *sample_shape, device=device)
-    with FlopCounterMode(display=False) as counter:
-        with torch.no_grad():
-            model(x, time_input).sample
-    forward = counter.get_total_flops()
-    return {"forward": forward, "train": 3 * forward}
-
-
-def stock_unet(sample_size: int, channels: int, target_params: int):
-    """The stock UNet2DModel closest to `target_params` (within 10%), widths (32, 64, w)."""
-    from diffusers import UNet2DModel
-
-    best = None
-    for last in range(48, 257, 8):
-        model = UNet2DModel(
-            sample_size=sample_size, in_channels=channels, out_channels=channels, layers_per_block=2,
-            block_out_channels=(32, 64, last), down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-        )
-        params = sum(p.numel() for p in model.parameters())
-        if best is None or abs(params - target_params) < abs(best[1] - target_params):
-            best = (model, params)
-    assert abs(best[1] / target_params - 1) <= 0.10, best[1]
-    return best[0]
+import common  # noqa: E402
+from common import ROOT, flops_per_image, machine_info, machine_tag, matmul_peak, stock_unet, sync  # noqa: E402
 
 
 def train_stock(config, steps: int, device: str, learning_rate: float = 1e-4, seed: int | None = None,
@@ -100,7 +57,7 @@ def train_stock(config, steps: int, device: str, learning_rate: float = 1e-4, se
     from diffusers.training_utils import EMAModel
 
     from denoising_diffusion.training.data import prepare_dataset
-    from denoising_diffusion.training.trainer import build_unet
+    from denoising_diffusion.training.components import build_unet
 
     seed = config.seed if seed is None else seed
     torch.manual_seed(seed)
@@ -111,7 +68,7 @@ def train_stock(config, steps: int, device: str, learning_rate: float = 1e-4, se
     lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=min(500, steps // 10),
                                  num_training_steps=steps)
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
-    dataset = prepare_dataset(config)
+    dataset = prepare_dataset(config).dataset  # decoded examples (center crops)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(seed))
     step, images, warm_start = 0, 0, None
@@ -151,11 +108,9 @@ def train_ours(config, steps: int, output_dir: Path, seed: int | None = None):
     from denoising_diffusion import CosineDDIMPipeline
     from denoising_diffusion.training import train
 
-    config = copy.deepcopy(config)
-    config.max_train_steps, config.output_dir, config.overwrite_output_dir = steps, str(output_dir), True
+    config = common.without_periodic_work(copy.deepcopy(config), steps)  # no host syncs inside the timed loop
+    config.output_dir, config.overwrite_output_dir, config.logger = str(output_dir), True, "none"
     config.seed = config.seed if seed is None else seed
-    config.logger, config.checkpointing_steps, config.save_images_steps = "none", 10**9, 10**9
-    config.logging_steps = 10**9  # no host syncs for logging inside the timed loop
     out = train(config)
     throughput = json.loads((out / "training_summary.json").read_text())["train_images_per_second"]
     pipe = CosineDDIMPipeline.from_pretrained(out).to("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,8 +136,8 @@ def kid_table(pipe, real_features, extractor, step_counts, num_samples, device, 
 
     With `grid`, the first 36 samples at each step count are saved as `<grid>-<steps>steps.png`, to judge by eye.
     """
-    from denoising_diffusion.evaluate import score_samples
-    from denoising_diffusion.training.trainer import image_grid
+    from denoising_diffusion.evaluation.scoring import score_samples
+    from denoising_diffusion.images import image_grid
 
     if scheduler is not None:
         pipe.scheduler = scheduler
@@ -204,15 +159,8 @@ def kid_table(pipe, real_features, extractor, step_counts, num_samples, device, 
 
 
 def mean_over_seeds(tables: list[dict]) -> dict:
-    """Average per-seed {steps: scores} tables: KID, its subset std and recognised fraction averaged,
-    plus the spread of KID between seeds."""
-    out = {}
-    for steps in tables[0]:
-        kids = [t[steps]["kid"] for t in tables]
-        row = {key: statistics.mean(t[steps][key] for t in tables) for key in tables[0][steps]}
-        row["kid_seed_spread"] = max(kids) - min(kids) if len(kids) > 1 else None
-        out[steps] = row
-    return out
+    """Per-seed {steps: scores} tables -> {steps: scores averaged over seeds, with `kid_seed_spread`}."""
+    return {steps: common.mean_over_seeds([t[steps] for t in tables]) for steps in tables[0]}
 
 
 def main():
@@ -247,7 +195,7 @@ def main():
     from denoising_diffusion.evaluation.kid import extract_features
     from denoising_diffusion.training import parse_config
     from denoising_diffusion.training.data import prepare_dataset
-    from denoising_diffusion.training.trainer import build_unet
+    from denoising_diffusion.training.components import build_unet
 
     config = parse_config(["--config", args.config])
     if args.unconditional:
@@ -257,7 +205,7 @@ def main():
         config.mixed_precision = "no"
     seeds = args.seeds or [config.seed]
     dataset = prepare_dataset(config)
-    per_epoch = math.ceil(len(dataset) / config.train_batch_size)
+    per_epoch = math.ceil(dataset.num_examples / config.train_batch_size)
     steps = args.steps or (300 if args.quick else config.num_epochs * per_epoch)
     if steps <= 20:
         parser.error(f"--steps {steps} is too few: training images/s leave out the first 20 steps (warm-up), "
@@ -275,22 +223,22 @@ def main():
     stock_model = stock_unet(config.resolution, config.channels, ours_params)
     stock_params = sum(p.numel() for p in stock_model.parameters())
     shape = (config.channels, config.resolution, config.resolution)
-    flops = {"ours": flops_per_image(ours_model.to(device), shape, torch.tensor([0.5], device=device), device),
-             "stock": flops_per_image(stock_model.to(device), shape, torch.tensor([500], device=device), device)}
-    peak = matmul_peak(device)
+    flops = {"ours": flops_per_image(ours_model.to(device), shape, 0.5, device),
+             "stock": flops_per_image(stock_model.to(device), shape, 500, device)}
+    peak = matmul_peak(device, torch.float32)
     print(f"params ours {ours_params:,}, stock {stock_params:,} ({stock_params / ours_params:.3f}x); "
           f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
 
     name = resolve_features(args.features, config.dataset_name, config.train_data_dir)
     if name == "emoji":
-        from emoji_quality import category_features
+        from emoji_classifier import category_features
 
         extractor, accuracy = category_features(config)
         print(f"emoji category classifier: held-out balanced accuracy {accuracy:.3f}")
         extractor = extractor.to(device)
     else:
         extractor = feature_extractor(name, args.inception_weights).to(device)
-    real = extract_features(dataset[:]["pixel_values"].float() / 255.0, extractor)
+    real = extract_features(dataset.pixels(dataset.num_examples).float() / 255.0, extractor)
     digits = name == "digits"
 
     samples_dir = Path(args.output_dir) / "samples"  # sample grids per model and step count

@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ROOT, machine_info, machine_tag, sync  # noqa: E402
-from run import stock_unet  # noqa: E402
+from common import ROOT, machine_info, machine_tag, stock_unet, sync  # noqa: E402
 
 
 def main():
@@ -39,7 +38,7 @@ def main():
 
     from denoising_diffusion import CosineDDIMPipeline, compile_unet
     from denoising_diffusion.training import parse_config
-    from denoising_diffusion.training.trainer import build_scheduler, build_unet
+    from denoising_diffusion.training.components import build_scheduler, build_unet
 
     config = parse_config(["--config", args.config])
     device, batch, steps = args.device, args.batch_size, args.steps

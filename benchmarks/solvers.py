@@ -12,19 +12,19 @@ benchmarks/results/solvers-<machine>.json.
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, machine_tag  # noqa: E402
+from common import machine_info, machine_tag, mean_over_seeds  # noqa: E402
 
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler  # noqa: E402
-from denoising_diffusion.evaluate import data_config, model_folder, real_images, score_samples  # noqa: E402
+from denoising_diffusion.evaluation.scoring import generate, model_folder, score_samples  # noqa: E402
+from denoising_diffusion.training.data import data_config, real_images  # noqa: E402
 from denoising_diffusion.evaluation.features import feature_extractor  # noqa: E402
-from denoising_diffusion.evaluation.kid import extract_features, generate  # noqa: E402
+from denoising_diffusion.evaluation.kid import extract_features  # noqa: E402
 from denoising_diffusion.schedulers.noise_schedule import SPACINGS  # noqa: E402
 
 SOLVERS = {"ddim": ("DDIM", CosineDDIMScheduler), "dpm": ("DPM-Solver++(2M)", CosineDPMSolverScheduler)}
@@ -61,14 +61,10 @@ def main():
                     fake, seconds = generate(pipe, args.num_samples, steps, seed=seed, scheduler=scheduler)
                     scores = score_samples(fake, real, extractor)
                     runs.append({"seed": seed, **scores, "seconds": seconds})
-                kids = [r["kid"] for r in runs]
-                row = {"solver": name, "spacing": spacing, "steps": steps, "kid": statistics.mean(kids),
-                       "kid_std": statistics.mean(r["kid_std"] for r in runs),
-                       "kid_seed_spread": (max(kids) - min(kids)) if len(kids) > 1 else None,
-                       "fid": statistics.mean(r["fid"] for r in runs), "runs": runs}
-                if digits:
-                    row["recognised"] = statistics.mean(r["recognised"] for r in runs)
-                rows.append(row)
+                rows.append({"solver": name, "spacing": spacing, "steps": steps,
+                             **mean_over_seeds([{k: v for k, v in r.items() if k != "seed"} for r in runs]),
+                             "runs": runs})
+                row = rows[-1]
                 print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
     header = "| solver | spacing | steps | KID | FID |" + (" recognised (p >= 0.9) |" if digits else "")
     lines = [header, "| --- | --- | ---: | :--- | ---: |" + (" ---: |" if digits else "")]

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ROOT, machine_info, machine_tag, sync  # noqa: E402
+from common import ROOT, machine_info, machine_tag, sync  # noqa: E402
 
 
 def make_variant(config, device, channels_last, compile_, dtype):
     from denoising_diffusion import compile_unet
-    from denoising_diffusion.training.trainer import build_unet
+    from denoising_diffusion.training.components import build_unet
 
     torch.manual_seed(0)
     unet = build_unet(config).to(device)

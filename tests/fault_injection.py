@@ -74,7 +74,7 @@ def make_data(folder: Path) -> Path:
 def child(point: str, after: int, train_args: list[str]) -> None:
     import accelerate.checkpointing as checkpointing
 
-    from denoising_diffusion.training import main, trainer
+    from denoising_diffusion.training import Callback, checkpoints, main
 
     seen = {"n": 0}
 
@@ -106,26 +106,21 @@ def child(point: str, after: int, train_args: list[str]) -> None:
             reached("prune")
         return rmtree(path, *args, **kwargs)
 
-    trainer.os.replace = watched_replace
-    trainer.shutil.rmtree = watched_rmtree
-    resume = trainer.Trainer.resume
+    checkpoints.os.replace = watched_replace
+    checkpoints.shutil.rmtree = watched_rmtree
 
-    def resume_and_mark(self):
-        position = resume(self)
-        if os.environ.get("FAULT_MARKER"):  # the training loop starts now
-            Path(os.environ["FAULT_MARKER"]).write_text(str(time.time()))
-        return position
+    class LoopMarkers(Callback):
+        """FAULT_MARKER when the training loop starts, FAULT_MARKER.end when its last step is done."""
 
-    finish = trainer.Trainer.finish
+        def on_train_begin(self, trainer, step):
+            if os.environ.get("FAULT_MARKER"):
+                Path(os.environ["FAULT_MARKER"]).write_text(str(time.time()))
 
-    def mark_and_finish(self, global_step):
-        if os.environ.get("FAULT_MARKER"):  # the training loop is over
-            Path(os.environ["FAULT_MARKER"] + ".end").write_text(str(time.time()))
-        return finish(self, global_step)
+        def on_step_end(self, trainer, step):
+            if os.environ.get("FAULT_MARKER") and step == trainer.max_train_steps:
+                Path(os.environ["FAULT_MARKER"] + ".end").write_text(str(time.time()))
 
-    trainer.Trainer.resume = resume_and_mark
-    trainer.Trainer.finish = mark_and_finish
-    main(train_args)
+    main(train_args, callbacks=[LoopMarkers()])
 
 
 # ------------------------------------------------------------------ the parent

@@ -22,10 +22,10 @@ def assert_close_weights(a, b, atol):
 
 
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16", "fp16"])
-def test_resume_with_ema_on_cuda(tmp_path, monkeypatch, mixed_precision):
+def test_resume_with_ema_on_cuda(tmp_path, mixed_precision):
     # EMA is on by default; load_state restores it on the CPU and the trainer must move it back.
     common = ["--max_train_steps", 4, "--checkpointing_steps", 2, "--mixed_precision", mixed_precision]
-    straight, resumed = straight_and_resumed(tmp_path, monkeypatch, common, kill_after_step=2)
+    straight, resumed = straight_and_resumed(tmp_path, common, kill_after_step=2)
     # cuDNN picks kernels per run, so bitwise equality is not promised on GPUs; the runs must agree closely.
     assert_close_weights(unet_weights(straight), unet_weights(resumed), atol=1e-3 if mixed_precision == "no" else 2e-2)
 
@@ -35,7 +35,6 @@ def test_ema_shadow_weights_are_on_the_gpu_after_resume(tmp_path):
 
     train(config_for(tmp_path, "--max_train_steps", 2, "--checkpointing_steps", 2))
     trainer = Trainer(config_for(tmp_path, "--max_train_steps", 3, "--resume_from_checkpoint", "latest"))
-    trainer.setup()
     trainer.resume()
     assert all(p.device.type == "cuda" for p in trainer.ema.shadow_params)
     trainer.ema.step(trainer.unet.parameters())  # mixed devices would raise here

@@ -10,8 +10,9 @@ from torch import nn
 from conftest import TINY_ARGS
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
 from denoising_diffusion.training import ConfigError, parse_config, train
-from denoising_diffusion.training import trainer as trainer_module
-from denoising_diffusion.training.distillation import distillation_losses, student_times, teacher_target
+from denoising_diffusion.training.distillation import (DistillationObjective, distillation_losses, student_times,
+                                                       teacher_target)
+from denoising_diffusion.training.rounds import distill
 from test_training import assert_same_weights, straight_and_resumed, unet_weights
 
 
@@ -111,22 +112,22 @@ def test_rounds_save_normal_pipelines_that_sample_with_their_step_count(tmp_path
     assert any(moved)
 
 
-def test_a_class_conditional_teacher_distils_into_a_class_conditional_student(tmp_path, monkeypatch):
+def test_a_class_conditional_teacher_distils_into_a_class_conditional_student(tmp_path):
     unet = json.dumps({"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "num_class_embeds": 11})
     conditional = TINY_ARGS + ["--unet", unet, "--label_column", "label", "--cond_drop_prob", "0.5"]
     teacher = train(parse_config(conditional + ["--output_dir", str(tmp_path / "teacher"), "--max_train_steps", "3"]))
     with pytest.raises(ConfigError, match="is class-conditional; set label_column"):
         train(distill_config(tmp_path, teacher, name="no-labels"))
     seen = []
-    real = trainer_module.distillation_losses
 
-    def spy(*args, **kwargs):
-        seen.append(args[7].clone())  # the class labels given to both teacher and student
-        return real(*args, **kwargs)
+    class LabelSpy(DistillationObjective):
+        def __call__(self, unet, scheduler, x0, generator, class_labels=None):
+            seen.append(class_labels.clone())  # the class labels given to both teacher and student
+            return super().__call__(unet, scheduler, x0, generator, class_labels)
 
-    monkeypatch.setattr(trainer_module, "distillation_losses", spy)
-    last = train(parse_config(conditional + ["--teacher", str(teacher), "--output_dir", str(tmp_path / "distill"),
-                                             *map(str, DISTILL), "--distill_steps", "2", "--train_batch_size", "40"]))
+    last = distill(parse_config(conditional + ["--teacher", str(teacher), "--output_dir", str(tmp_path / "distill"),
+                                               *map(str, DISTILL), "--distill_steps", "2", "--train_batch_size", "40"]),
+                   objective_class=LabelSpy)
     labels = torch.cat(seen)
     assert labels.numel() == 4 * 40
     assert 0 < (labels == 10).sum() < labels.numel()  # the "no class" label is trained too (guidance)
@@ -144,9 +145,9 @@ def test_a_class_conditional_teacher_distils_into_a_class_conditional_student(tm
     assert not torch.allclose(sample(class_labels=[3, 3], guidance_scale=3.0), three)
 
 
-def test_a_distillation_killed_mid_round_resumes_bit_identically(tmp_path, monkeypatch, trained):
+def test_a_distillation_killed_mid_round_resumes_bit_identically(tmp_path, trained):
     common = ["--teacher", trained, *DISTILL]
-    straight, resumed = straight_and_resumed(tmp_path, monkeypatch, common, kill_after_step=2)
+    straight, resumed = straight_and_resumed(tmp_path, common, kill_after_step=2)
     assert straight.name == resumed.name == "student-1-steps"
     for round_name in ("student-2-steps", "student-1-steps"):
         assert_same_weights(unet_weights(straight.parent / round_name), unet_weights(resumed.parent / round_name))

@@ -6,9 +6,8 @@ import pytest
 import torch
 import yaml
 
-from denoising_diffusion.evaluation.features import (
-    DigitsFeatures, _digits_split, cache_dir, feature_extractor, load_digits_classifier,
-)
+from denoising_diffusion.digits import digits_split
+from denoising_diffusion.evaluation.features import DigitsFeatures, cache_dir, feature_extractor, load_digits_classifier
 from denoising_diffusion.evaluation.kid import extract_features, kid_fid
 
 
@@ -20,14 +19,14 @@ def test_digits_classifier_is_accurate_and_cached():
     assert accuracy_again == accuracy
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         torch.testing.assert_close(a, b)
-    _, x_test, _, y_test = _digits_split()
+    _, x_test, _, y_test = digits_split()
     upscaled = torch.nn.functional.interpolate(x_test, size=(16, 16), mode="bilinear")  # as generated images are
     with torch.no_grad():
         assert (again(upscaled).argmax(1) == y_test).float().mean() >= 0.9
 
 
 def test_kid_separates_real_from_unlike_images():
-    _, x_test, _, _ = _digits_split()
+    _, x_test, _, _ = digits_split()
     features = DigitsFeatures()
     real = extract_features(x_test, features)
     half = len(real) // 2
@@ -57,7 +56,7 @@ def test_kid_subsets_are_seeded_and_leave_the_global_generator_alone():
 
 
 def test_recognised_fraction_is_high_on_real_digits_and_low_on_degraded_ones():
-    _, x_test, _, _ = _digits_split()
+    _, x_test, _, _ = digits_split()
     features = DigitsFeatures()
     real = features.held_out_recognised_fraction()
     assert real == features.recognised_fraction(x_test) and 0.9 <= real < 1.0

@@ -46,7 +46,7 @@ def test_card_renders_and_loads(trained):
 
 
 def test_card_states_a_constant_ema_decay_as_trained(tmp_path):
-    from denoising_diffusion.hub import render_model_card
+    from denoising_diffusion.publishing import render_model_card
     from denoising_diffusion.training import parse_config, train
 
     out = train(parse_config(TINY + ["--output_dir", str(tmp_path / "run"), "--max_train_steps", "2",
@@ -60,7 +60,7 @@ def test_push_then_load_by_repo_id_through_the_hub_api(trained, tmp_path):
                       "--token", SECRET], hub, tmp_path)
         assert "Pushed" in result.stdout
         files = set(hub.repos["someone/digits-tiny"]["files"])
-        expected = {"model_index.json", "pipeline_cosine_ddim.py", "README.md", "samples.png",
+        expected = {"model_index.json", "pipeline_cosine_ddim.py", "pipeline_saving.py", "README.md", "samples.png",
                     "training_config.yaml", "training_summary.json", "unet/config.json",
                     "unet/diffusion_pytorch_model.safetensors", "unet/unet_continuous.py", "unet/noise_schedule.py",
                     "scheduler/scheduler_config.json", "scheduler/scheduling_cosine_ddim.py",

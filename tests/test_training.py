@@ -8,12 +8,15 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from conftest import TINY_ARGS
 from denoising_diffusion import CosineDDIMPipeline
-from denoising_diffusion.training import ConfigError, Trainer, parse_config, train
-from denoising_diffusion.training import trainer as trainer_module
+from denoising_diffusion.training import Callback, ConfigError, parse_config, train
+from denoising_diffusion.training.checkpoints import find_checkpoint
+from denoising_diffusion.training.components import build_unet
+from denoising_diffusion.training.objectives import DiffusionObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_ARGS
@@ -61,7 +64,7 @@ def test_cli_overrides_yaml_and_unknown_keys_suggest_the_nearest(tmp_path):
 def test_every_shipped_config_parses_and_builds_its_model():
     for name in ["digits", "flowers", "pets", "mnist", "emoji", "emoji32"]:
         config = parse_config(["--config", str(ROOT / f"configs/{name}.yaml")])
-        unet = trainer_module.build_unet(config)
+        unet = build_unet(config)
         assert unet.config.sample_size == config.resolution
 
 
@@ -140,30 +143,47 @@ def assert_same_weights(a: dict, b: dict):
         assert torch.equal(a[key], b[key]), key
 
 
-def straight_and_resumed(tmp_path, monkeypatch, common, kill_after_step):
+class KillAfterCheckpoint(Callback):
+    """Stops the run like a kill right after checkpoint `step` is written."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_checkpoint(self, trainer, step, path):
+        if step == self.step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class PoisonedObjective(DiffusionObjective):
+    """The diffusion objective whose loss turns NaN from its `first_bad`-th call (counting from 1) on,
+    or only at that call with `once`."""
+
+    def __init__(self, config, first_bad, once=False):
+        super().__init__(config.loss, config.loss_on, config.snr_gamma)
+        self.first_bad, self.once, self.calls = first_bad, once, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        losses = super().__call__(*args, **kwargs)
+        if self.calls == self.first_bad or (self.calls > self.first_bad and not self.once):
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+
+def straight_and_resumed(tmp_path, common, kill_after_step):
     """Train `common` straight, and again killed right after checkpoint `kill_after_step` then resumed."""
     straight = train(config_for(tmp_path, *common, name="straight"))
-    original = Trainer.save_checkpoint
-
-    def save_then_die(self, step, position):
-        path = original(self, step, position)
-        if step == kill_after_step:
-            raise KeyboardInterrupt("simulated kill")
-        return path
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(config_for(tmp_path, *common, name="resumed"))
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+        train(config_for(tmp_path, *common, name="resumed"), callbacks=[KillAfterCheckpoint(kill_after_step)])
     resumed = train(config_for(tmp_path, *common, "--resume_from_checkpoint", "latest", name="resumed"))
     return straight, resumed
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_matches_an_uninterrupted_run(tmp_path):
     # 40 images, batch 8, accumulation 2: 3 optimiser steps per epoch; stop mid-epoch at step 2.
     common = ["--max_train_steps", 6, "--gradient_accumulation_steps", 2, "--checkpointing_steps", 2,
               "--lr_scheduler", "cosine", "--lr_warmup_steps", 1, "--random_flip"]
-    straight, resumed = straight_and_resumed(tmp_path, monkeypatch, common, kill_after_step=2)
+    straight, resumed = straight_and_resumed(tmp_path, common, kill_after_step=2)
     assert_same_weights(unet_weights(straight), unet_weights(resumed))
     # the raw (non-EMA) weights match too
     assert_same_weights(*(load_file(str(p / "checkpoint-6" / "model.safetensors")) for p in (straight, resumed)))
@@ -178,11 +198,11 @@ def test_checkpoint_limit_and_a_kill_while_saving_keeps_latest_intact(tmp_path, 
         (Path(args[0]) / "model.safetensors").write_bytes(b"half a file")
         raise KeyboardInterrupt("killed while saving")
 
-    monkeypatch.setattr(type(Trainer(config_for(tmp_path, name="probe")).accelerator), "save_state", broken_save)
+    monkeypatch.setattr(Accelerator, "save_state", broken_save)
     with pytest.raises(KeyboardInterrupt):
         train(config_for(tmp_path, "--max_train_steps", 8, "--checkpointing_steps", 5,
                          "--resume_from_checkpoint", "latest", "--checkpoints_total_limit", 5))
-    assert trainer_module.find_checkpoint(out, "latest").name == "checkpoint-4"
+    assert find_checkpoint(out, "latest").name == "checkpoint-4"
     assert (out / ".checkpoint-5.partial").exists()  # the broken one never took a checkpoint-* name
 
 
@@ -193,21 +213,10 @@ def test_existing_output_dir_is_not_overwritten_by_accident(tmp_path):
     train(config_for(tmp_path, "--max_train_steps", 1, "--overwrite_output_dir"))
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = trainer_module.diffusion_losses
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        losses = real(*args, **kwargs)
-        if calls["n"] >= 4:
-            losses["loss"] = losses["loss"] * float("nan")
-        return losses
-
-    monkeypatch.setattr(trainer_module, "diffusion_losses", poisoned)
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     config = config_for(tmp_path, "--max_train_steps", 10, "--checkpointing_steps", 2, "--logging_steps", 3)
     with pytest.raises(FloatingPointError, match=r"at step 4; training stopped. The last good checkpoint is .*checkpoint-2"):
-        train(config)
+        train(config, objective=PoisonedObjective(config, first_bad=4))
     out = tmp_path / "run"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert not (out / "model_index.json").exists()
@@ -290,3 +299,53 @@ def test_ema_min_decay_sets_the_ema_weights_and_an_unreachable_decay_is_reported
 def test_bad_ema_settings_are_rejected_by_name(args):
     with pytest.raises(ConfigError, match=args[0].lstrip("-")):
         parse_config(TINY + list(map(str, args)))
+
+
+class Recorder(Callback):
+    """Records the hooks it sees; its state (the steps seen) goes through checkpoints."""
+
+    def __init__(self):
+        self.events, self.steps, self.loaded = [], [], None
+
+    def on_train_begin(self, trainer, step):
+        self.events.append(("begin", step))
+
+    def on_step_end(self, trainer, step):
+        self.steps.append(step)
+
+    def on_checkpoint(self, trainer, step, path):
+        self.events.append(("checkpoint", step, path.name))
+
+    def on_epoch_end(self, trainer, epoch, step):
+        self.events.append(("epoch", epoch, step))
+
+    def on_save(self, trainer, pipe):
+        self.events.append(("save", (trainer.output_dir / "model_index.json").exists()))
+
+    def on_train_end(self, trainer, step):
+        self.events.append(("end", step, (trainer.output_dir / "README.md").exists()))
+
+    def state_dict(self):
+        return {"recorded_steps": list(self.steps)}
+
+    def load_state_dict(self, state):
+        self.loaded = state.get("recorded_steps")
+
+    def summary(self):
+        return {"recorded_steps": len(self.steps)}
+
+
+def test_callbacks_see_every_hook_in_order_and_their_state_survives_a_resume(tmp_path):
+    # 40 images, batch 8: 5 steps per epoch; 7 steps = a full epoch and part of the next.
+    first = Recorder()
+    common = ["--max_train_steps", 7, "--checkpointing_steps", 3]
+    with pytest.raises(KeyboardInterrupt):
+        train(config_for(tmp_path, *common), callbacks=[first, KillAfterCheckpoint(6)])
+    assert first.events == [("begin", 0), ("checkpoint", 3, "checkpoint-3"), ("epoch", 0, 5),
+                            ("checkpoint", 6, "checkpoint-6")]
+    second = Recorder()
+    out = train(config_for(tmp_path, *common, "--resume_from_checkpoint", "latest"), callbacks=[second])
+    assert second.loaded == [1, 2, 3, 4, 5]  # what it had seen when checkpoint-6 was written (before step 6's hook)
+    assert second.events == [("begin", 6), ("epoch", 1, 7), ("save", True), ("end", 7, True)]
+    assert second.steps == [7]
+    assert json.loads((out / "training_summary.json").read_text())["recorded_steps"] == 1

@@ -9,61 +9,19 @@ The real images come from the dataset the model was trained on (its `training_co
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
-import yaml
 
-from .evaluation.features import DigitsFeatures, feature_extractor, resolve_features
-from .evaluation.kid import extract_features, generate, kid_fid
+from .evaluation.features import feature_extractor, resolve_features
+from .evaluation.kid import extract_features, kid_fid
+from .evaluation.report import markdown_table
+from .evaluation.scoring import generate, model_folder, score_samples
+from .hardware import machine_info
 from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
-from .training.config import ConfigError, TrainingConfig
-from .training.data import prepare_dataset
-
-
-def model_folder(model: str) -> Path:
-    if os.path.isdir(model):
-        return Path(model)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(model))
-
-
-def data_config(folder: Path, pipe: CosineDDIMPipeline, dataset: str | None, image_column: str | None,
-                train_data_dir: str | None) -> TrainingConfig:
-    """The data half of the model's training config (or of the built-in digits), with overrides."""
-    saved = folder / "training_config.yaml"
-    values = yaml.safe_load(saved.read_text()) if saved.exists() else {}
-    keep = {"dataset_name", "dataset_config_name", "dataset_split", "train_data_dir", "image_column"}
-    values = {k: v for k, v in values.items() if k in keep}
-    size = pipe.unet.config.sample_size
-    values.update(resolution=size if isinstance(size, int) else size[0], channels=pipe.unet.config.in_channels,
-                  center_crop=True, label_column=None, streaming=False)
-    if dataset is not None:
-        values.update(dataset_name=dataset, train_data_dir=None)
-    if train_data_dir is not None:
-        values["train_data_dir"] = train_data_dir
-    if image_column is not None:
-        values["image_column"] = image_column
-    return TrainingConfig(**values)
-
-
-def real_images(config: TrainingConfig, limit: int) -> torch.Tensor:
-    dataset = prepare_dataset(config)
-    count = min(limit, len(dataset))
-    return dataset.select(range(count))[:]["pixel_values"].float().div(255.0)
-
-
-def score_samples(fake: torch.Tensor, real_features: torch.Tensor, extractor: torch.nn.Module,
-                  batch_size: int = 256) -> dict[str, float]:
-    """KID/FID of samples (N, C, H, W) in [0, 1] against precomputed real features; with the digits
-    features also the fraction the classifier recognises with p >= 0.9 (`recognised`)."""
-    scores = kid_fid(real_features, extract_features(fake, extractor, batch_size))
-    if isinstance(extractor, DigitsFeatures):
-        scores["recognised"] = extractor.recognised_fraction(fake)
-    return scores
+from .training.config import ConfigError
+from .training.data import data_config, real_images
 
 
 def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="auto",
@@ -99,30 +57,13 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="au
         "model": str(model), "dataset": config.train_data_dir or config.dataset_name, "num_real": len(real),
         "num_samples": num_samples, "features": features, "seed": seed, "device": str(device),
         "real_vs_real": {"kid": floor["kid"], "kid_std": floor["kid_std"], "fid": floor["fid"]},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "machine": machine_info(),
         "results": rows,
     }
     if features == "digits":
         result["feature_extractor_test_accuracy"] = extractor.test_accuracy
         result["real_vs_real"]["recognised"] = extractor.held_out_recognised_fraction()
     return result
-
-
-def markdown_table(result: dict) -> str:
-    recognised = "recognised" in result["results"][0] if result["results"] else False
-    extra = (" recognised (p >= 0.9) |", " ---: |") if recognised else ("", "")
-    lines = [f"| steps | KID | FID | time (s) | images/s |{extra[0]}", f"| ---: | :--- | ---: | ---: | ---: |{extra[1]}"]
-    for row in result["results"]:
-        cell = f" {row['recognised']:.1%} |" if recognised else ""
-        lines.append(f"| {row['steps']} | {row['kid']:.4f} ± {row['kid_std']:.4f} | {row['fid']:.3f} | "
-                     f"{row['seconds']:.1f} | {row['images_per_second']:.1f} |{cell}")
-    if "real_vs_real" in result:
-        floor = result["real_vs_real"]
-        cell = f" {floor['recognised']:.1%} (held-out real digits) |" if recognised else ""
-        lines.append(f"| real vs real | {floor['kid']:.4f} ± {floor['kid_std']:.4f} | {floor['fid']:.3f} | | |{cell}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

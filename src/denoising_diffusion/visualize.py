@@ -146,7 +146,7 @@ def class_rows_figure(pipe, per_class: int = 8, guidance_scale: float = 2.0, num
 
 def main(argv: list[str] | None = None) -> None:
     from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
-    from .training.data import digits_dataset
+    from .digits import digits_dataset
 
     parser = argparse.ArgumentParser(prog="python -m denoising_diffusion.visualize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..digits import BUILTIN_DATASET, digits_split
+
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
@@ -89,19 +91,9 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-def _digits_split(seed: int = 0):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
-    labels = torch.tensor(digits.target, dtype=torch.long)
-    return train_test_split(images, labels, test_size=0.3, random_state=seed, stratify=labels)
-
-
 def train_digits_classifier(epochs: int = 40, seed: int = 0) -> tuple[DigitsClassifier, float]:
     """Train `DigitsClassifier` on 70% of the digits; return it and its accuracy on the other 30%."""
-    x_train, x_test, y_train, y_test = _digits_split(seed)
+    x_train, x_test, y_train, y_test = digits_split(seed)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = DigitsClassifier()
@@ -171,15 +163,13 @@ class DigitsFeatures(nn.Module):
 
     def held_out_recognised_fraction(self, threshold: float = 0.9) -> float:
         """`recognised_fraction` of the real digits the classifier never saw (30% of sklearn's digits)."""
-        _, x_test, _, _ = _digits_split()
+        _, x_test, _, _ = digits_split()
         return self.recognised_fraction(x_test, threshold)
 
 
 def resolve_features(name, dataset_name: str | None, train_data_dir: str | None = None):
     """`name` itself unless it is "auto"; then "digits" for the built-in digits (offline) and
     "inception" for any other data."""
-    from ..training.config import BUILTIN_DATASET
-
     if name != "auto":
         return name
     return "digits" if dataset_name == BUILTIN_DATASET and not train_data_dir else "inception"

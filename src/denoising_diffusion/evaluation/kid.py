@@ -4,8 +4,6 @@ Features are extracted once per image set (any `nn.Module` mapping (N, C, H, W) 
 (N, D)); torchmetrics' `KernelInceptionDistance` and `FrechetInceptionDistance` then run on them.
 """
 
-import time
-
 import torch
 from torch import nn
 
@@ -52,20 +50,3 @@ def kid_fid(real_features: torch.Tensor, fake_features: torch.Tensor, subsets: i
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
     return {"kid": float(kid_mean), "kid_std": float(kid_std), "fid": float(fid.compute())}
-
-
-@torch.no_grad()
-def generate(pipe, num_images: int, num_inference_steps: int, batch_size: int = 256, seed: int = 0,
-             scheduler=None) -> tuple[torch.Tensor, float]:
-    """`num_images` samples in [0, 1] (CPU float32) and the seconds it took."""
-    if scheduler is not None:
-        pipe.scheduler = scheduler
-    generator = torch.Generator(device=pipe.device).manual_seed(seed)
-    images, start = [], time.perf_counter()
-    for first in range(0, num_images, batch_size):
-        count = min(batch_size, num_images - first)
-        out = pipe(batch_size=count, generator=generator, num_inference_steps=num_inference_steps, output_type="pt")
-        images.append(out.images.float().cpu())
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize()
-    return torch.cat(images), time.perf_counter() - start

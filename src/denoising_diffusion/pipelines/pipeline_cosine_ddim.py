@@ -1,57 +1,25 @@
 """Unconditional image generation with a continuous-time UNet and a continuous-time scheduler.
 
 A drop-in for diffusers' `DDIMPipeline`: same call signature and outputs. A saved folder carries
-the code of its components (see `save_pretrained`), so it also loads with plain diffusers:
+the code of its components (`pipeline_saving`), so it also loads with plain diffusers:
 `DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)`.
 
-This module travels with saved pipelines, so it imports only the standard library, torch,
-diffusers and huggingface_hub.
+This module travels with saved pipelines, so it imports only torch, numpy, diffusers and its
+sibling `pipeline_saving`.
 """
 
-import importlib
-import inspect
-import json
 import math
-import os
-import re
-from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
-from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.utils.torch_utils import randn_tensor
+
+from .pipeline_saving import SavesCodeMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # What the UNet and the scheduler must agree on: the times t in [0, 1] mean the same noise levels.
 SCHEDULE_KEYS = ("schedule", "min_signal_rate", "max_signal_rate")
-_RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", flags=re.MULTILINE)
-
-
-def _bundle_module(module_file: Path, target_dir: Path) -> str:
-    """Copy `module_file` and the files it imports relatively into `target_dir`, flattened.
-
-    `from ..schedulers.noise_schedule import x` becomes `from .noise_schedule import x`, the form
-    diffusers' dynamic-module loader resolves inside one folder. Returns the module's stem.
-    """
-    pending, done = [module_file.resolve()], set()
-    while pending:
-        source = pending.pop()
-        if source in done:
-            continue
-        done.add(source)
-        text = source.read_text(encoding="utf-8")
-
-        def flatten(match, source=source):
-            dots, dotted = match.group(2), match.group(3)
-            base = source.parent
-            for _ in range(len(dots) - 1):
-                base = base.parent
-            pending.append(base.joinpath(*dotted.split(".")).with_suffix(".py"))
-            return f"{match.group(1)}.{dotted.split('.')[-1]}{match.group(4)}"
-
-        (target_dir / source.name).write_text(_RELATIVE_IMPORT.sub(flatten, text), encoding="utf-8")
-    return module_file.stem
 
 
 def slerp(start: torch.Tensor, end: torch.Tensor, weights) -> torch.Tensor:
@@ -100,7 +68,7 @@ def check_schedules_match(unet, scheduler) -> None:
         )
 
 
-class CosineDDIMPipeline(DiffusionPipeline):
+class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
     r"""Pipeline for unconditional image generation with continuous-time DDIM.
 
     Parameters:
@@ -337,66 +305,3 @@ class CosineDDIMPipeline(DiffusionPipeline):
         frames = slerp(start[0], end[0], torch.linspace(0, 1, num_frames))
         return self(latents=frames, num_inference_steps=num_inference_steps, output_type=output_type,
                     class_labels=class_labels, guidance_scale=guidance_scale).images
-
-    # ------------------------------------------------------------------ saving and loading
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """`DiffusionPipeline.save_pretrained`, plus the code of every component not from diffusers.
-
-        Each such component's module goes into its subfolder (`unet/unet_continuous.py`, ...) and
-        this pipeline's module into the root, and `model_index.json` names them, so that
-        `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` works without this package.
-        """
-        push_to_hub = kwargs.pop("push_to_hub", False)
-        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "create_pr", "token") if k in kwargs}
-        super().save_pretrained(save_directory, *args, **kwargs)
-        root = Path(save_directory)
-        index_path = root / "model_index.json"
-        index = json.loads(index_path.read_text())
-        for name, component in self.components.items():
-            module = inspect.getmodule(type(component))
-            if component is None or module is None or module.__name__.split(".")[0] in LOADABLE_CLASSES:
-                continue
-            stem = _bundle_module(Path(inspect.getsourcefile(type(component))), root / name)
-            index[name] = [stem, type(component).__name__]
-        stem = _bundle_module(Path(inspect.getsourcefile(type(self))), root)
-        index["_class_name"] = [stem, type(self).__name__]
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        if push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            repo_id = hub_kwargs.pop("repo_id", None) or root.resolve().name
-            token = hub_kwargs.get("token")
-            repo_id = create_repo(repo_id, exist_ok=True, private=hub_kwargs.get("private"), token=token).repo_id
-            upload_folder(repo_id=repo_id, folder_path=root, token=token,
-                          commit_message=hub_kwargs.get("commit_message") or "Upload pipeline",
-                          create_pr=hub_kwargs.get("create_pr", False))
-
-    # `from_pretrained` is `DiffusionPipeline.from_pretrained`. A saved folder names its components by
-    # the module files it carries (for plain diffusers with `trust_remote_code=True`); when this class
-    # loads it, these two hooks point diffusers' loader at the installed classes instead.
-    @classmethod
-    def _installed_library(cls, class_name) -> str | None:
-        """The installed package that defines `class_name` (e.g. "denoising_diffusion"), or None."""
-        package = importlib.import_module(cls.__module__.split(".")[0])
-        return package.__name__ if isinstance(getattr(package, str(class_name), None), type) else None
-
-    @classmethod
-    def _dict_from_json_file(cls, json_file):
-        # Read by `download` (repo ids) and `load_config`: the pipeline class is this one, not stored code.
-        config = super()._dict_from_json_file(json_file)
-        name = config.get("_class_name")
-        if isinstance(name, (list, tuple)) and len(name) == 2 and cls._installed_library(name[1]):
-            config["_class_name"] = name[1]
-        return config
-
-    @classmethod
-    def load_config(cls, *args, **kwargs):
-        # Components: ["unet_continuous", "ContinuousUNet2DModel"] -> ["denoising_diffusion", "ContinuousUNet2DModel"].
-        loaded = super().load_config(*args, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        for name, value in config.items():
-            if not name.startswith("_") and isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], str):
-                library = cls._installed_library(value[1])
-                if library is not None:
-                    config[name] = [library, value[1]]
-        return loaded

@@ -18,24 +18,12 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+import yaml
 
-from .config import BUILTIN_DATASET, ConfigError, TrainingConfig
+from ..digits import BUILTIN_DATASET, digits_dataset
+from .config import ConfigError, TrainingConfig
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-
-
-def digits_dataset():
-    """scikit-learn's 1,797 handwritten digits (8x8, ships inside scikit-learn) as a `datasets.Dataset`.
-
-    Columns: `image` (grayscale PIL images, pixel values 0..16 scaled to 0..255) and `label` (0-9).
-    """
-    from datasets import ClassLabel, Dataset, Features, Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = [PIL.Image.fromarray(np.round(img * (255.0 / 16.0)).astype(np.uint8), mode="L") for img in digits.images]
-    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
-    return Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
 
 
 def load_raw_dataset(config: TrainingConfig):
@@ -142,20 +130,19 @@ def _undecoded(dataset, column):
     return dataset
 
 
-def prepare_dataset(config: TrainingConfig):
-    """Load, check and turn the dataset into `pixel_values` (uint8, (C, R, R)) and optional `labels`.
+class ImageDecoder:
+    """Decodes a batch of undecoded images into `pixel_values` (uint8 (C, R, R)) and `labels`.
 
-    Non-streaming datasets with center crops are decoded once (`map` + torch format); with random
-    crops they become a `RandomCropDataset` (decoded on access, sampled by its `sampler`); streamed
-    ones are decoded as they stream.
+    A module-level class (not a closure), so DataLoader workers started with spawn (the default on
+    macOS and Windows) can pickle it, and `datasets` can fingerprint it for its cache.
     """
-    raw = _undecoded(load_raw_dataset(config), config.image_column)
-    first = next(iter(raw))
-    _check_channels(_open_image(first[config.image_column], "at index 0"), config.channels, "at index 0")
-    keep = [c for c in (config.image_column, config.label_column) if c]
 
-    def convert(batch, indices, crop_seeds=None):
-        """Decode a batch; `crop_seeds` (one per image) seed its random crops (center crops without)."""
+    def __init__(self, config: TrainingConfig):
+        self.config = config
+
+    def __call__(self, batch: dict, indices: list[int], crop_seeds: list | None = None) -> dict:
+        """`crop_seeds` (one per image) seed its random crops (center crops without)."""
+        config = self.config
         out = {"pixel_values": []}
         for i, (value, index) in enumerate(zip(batch[config.image_column], indices)):
             image = _open_image(value, f"at index {index}")
@@ -165,20 +152,16 @@ def prepare_dataset(config: TrainingConfig):
             out["labels"] = [int(v) for v in batch[config.label_column]]
         return out
 
-    if config.streaming:
-        raw = raw.select_columns(keep).shuffle(seed=config.seed, buffer_size=1000)
 
-        def convert_stream(batch, positions):
-            # `positions` count from 0 in each pass over the (reshuffled) stream.
-            return convert(batch, positions, crop_seeds=[(config.seed, p) for p in positions])
+class StreamDecoder:
+    """`ImageDecoder` for a stream: the random crop of the image at `position` in a pass over the
+    (reshuffled) stream is seeded by (seed, position)."""
 
-        dataset = raw.map(convert_stream, batched=True, with_indices=True, remove_columns=keep)
-        return dataset.with_format("torch")
-    if config.center_crop:
-        dataset = raw.map(convert, batched=True, with_indices=True, remove_columns=raw.column_names,
-                          desc="Decoding images")
-        return dataset.with_format("torch")
-    return RandomCropDataset(raw.select_columns(keep), convert, config.seed)
+    def __init__(self, decoder: ImageDecoder, seed: int):
+        self.decoder, self.seed = decoder, seed
+
+    def __call__(self, batch: dict, positions: list[int]) -> dict:
+        return self.decoder(batch, positions, crop_seeds=[(self.seed, p) for p in positions])
 
 
 class RandomCropDataset(torch.utils.data.Dataset):
@@ -188,8 +171,8 @@ class RandomCropDataset(torch.utils.data.Dataset):
     (a plain integer index means epoch 0).
     """
 
-    def __init__(self, raw, convert, seed: int):
-        self.raw, self.convert, self.seed = raw, convert, seed
+    def __init__(self, raw, decode: ImageDecoder, seed: int):
+        self.raw, self.decode, self.seed = raw, decode, seed
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -200,7 +183,7 @@ class RandomCropDataset(torch.utils.data.Dataset):
             raise IndexError(index)
         example = self.raw[int(index)]
         batch = {name: [value] for name, value in example.items()}
-        out = self.convert(batch, [int(index)], crop_seeds=[(self.seed, int(epoch), int(index))])
+        out = self.decode(batch, [int(index)], crop_seeds=[(self.seed, int(epoch), int(index))])
         return {name: values[0] for name, values in out.items()}
 
     def __iter__(self):
@@ -227,18 +210,97 @@ class EpochSampler(torch.utils.data.Sampler):
         return ((self.epoch, int(i)) for i in order)
 
 
-def first_examples(dataset, count: int):
-    """The first `count` examples of any dataset `prepare_dataset` returns (streamed ones too)."""
-    return itertools.islice(iter(dataset), count)
+class TrainingImages:
+    """The training images of any source behind one interface: what `prepare_dataset` returns.
+
+    Examples are dicts with `pixel_values` (uint8 tensors (C, resolution, resolution)) and, with a
+    `label_column`, `labels`. `dataset` is what a DataLoader reads (a decoded `datasets.Dataset`, a
+    `RandomCropDataset` or a streamed `IterableDataset`); use `dataloader()` to read it with the
+    right sampler.
+    """
+
+    def __init__(self, dataset, streaming: bool, label_column: str | None, labels_source=None):
+        self.dataset, self.streaming, self.label_column = dataset, streaming, label_column
+        self._labels_source = labels_source  # undecoded data holding the label column (random crops)
+
+    @property
+    def num_examples(self) -> int | None:
+        """How many examples there are (None for a stream: its length is not known)."""
+        return None if self.streaming else len(self.dataset)
+
+    def dataloader(self, batch_size: int, seed: int, num_workers: int = 0,
+                   pin_memory: bool = False) -> torch.utils.data.DataLoader:
+        """Batches in an order that depends on (seed, epoch) only (random crops come with their own
+        sampler; a stream is shuffled by `datasets`)."""
+        sampler = self.dataset.sampler(seed) if isinstance(self.dataset, RandomCropDataset) else None
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=batch_size, shuffle=not self.streaming and sampler is None, sampler=sampler,
+            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        )
+
+    def examples(self, count: int):
+        """The first `count` examples (decoded)."""
+        return itertools.islice(iter(self.dataset), count)
+
+    def pixels(self, count: int) -> torch.Tensor:
+        """The first `count` images (fewer if there are fewer), uint8 (N, C, R, R)."""
+        if not self.streaming and not isinstance(self.dataset, RandomCropDataset):
+            return self.dataset.select(range(min(count, len(self.dataset))))[:]["pixel_values"]
+        return torch.stack([example["pixel_values"] for example in self.examples(count)])
+
+    def labels(self) -> torch.Tensor:
+        """Every class label, read without decoding images (a stream: the first example's only)."""
+        if self.label_column is None:
+            raise ValueError("These training images have no label_column.")
+        if self.streaming:
+            return torch.as_tensor([next(iter(self.dataset))["labels"]])
+        if self._labels_source is not None:
+            return torch.as_tensor(self._labels_source.with_format(None)[self.label_column])
+        return torch.as_tensor(self.dataset.with_format(None)["labels"])
 
 
-def pixel_statistics(dataset, config: TrainingConfig) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the images in [0, 1] (the seeds' normalisation), from up to
-    `normalization_samples` images."""
+def check_labels(labels: torch.Tensor, label_column: str, null_class_label: int) -> None:
+    """Class labels must be integers below the UNet's "no class" embedding (its last one)."""
+    if labels.is_floating_point() or labels.min() < 0 or labels.max() >= null_class_label:
+        raise ConfigError(
+            f"label_column={label_column!r} holds labels from {labels.min().item()} to {labels.max().item()}, "
+            f"but unet.num_class_embeds={null_class_label + 1} allows 0..{null_class_label - 1} (the last embedding "
+            "means 'no class'); set num_class_embeds to the number of classes + 1."
+        )
+
+
+def prepare_dataset(config: TrainingConfig) -> TrainingImages:
+    """Load, check and turn the dataset into `pixel_values` (uint8, (C, R, R)) and optional `labels`.
+
+    Non-streaming datasets with center crops are decoded once (`map` + torch format); with random
+    crops they become a `RandomCropDataset` (decoded on access, sampled by its `sampler`); streamed
+    ones are decoded as they stream.
+    """
+    raw = _undecoded(load_raw_dataset(config), config.image_column)
+    first = next(iter(raw))
+    _check_channels(_open_image(first[config.image_column], "at index 0"), config.channels, "at index 0")
+    keep = [c for c in (config.image_column, config.label_column) if c]
+    decode = ImageDecoder(config)
+    if config.streaming:
+        raw = raw.select_columns(keep).shuffle(seed=config.seed, buffer_size=1000)
+        # `with_indices` counts from 0 in each pass over the (reshuffled) stream.
+        dataset = raw.map(StreamDecoder(decode, config.seed), batched=True, with_indices=True, remove_columns=keep)
+        return TrainingImages(dataset.with_format("torch"), True, config.label_column)
+    if config.center_crop:
+        dataset = raw.map(decode, batched=True, with_indices=True, remove_columns=raw.column_names,
+                          desc="Decoding images")
+        return TrainingImages(dataset.with_format("torch"), False, config.label_column)
+    raw = raw.select_columns(keep)
+    return TrainingImages(RandomCropDataset(raw, decode, config.seed), False, config.label_column, labels_source=raw)
+
+
+def pixel_statistics(images: TrainingImages, config: TrainingConfig) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the images in [0, 1] (the normalisation of the Keras DDIM
+    example), from up to `normalization_samples` images."""
     total = torch.zeros(config.channels, dtype=torch.float64)
     total_sq = torch.zeros(config.channels, dtype=torch.float64)
     count = 0
-    for example in first_examples(dataset, config.normalization_samples):
+    for example in images.examples(config.normalization_samples):
         pixels = example["pixel_values"].to(torch.float64).div(255.0).flatten(1)
         total += pixels.sum(1)
         total_sq += (pixels**2).sum(1)
@@ -246,3 +308,28 @@ def pixel_statistics(dataset, config: TrainingConfig) -> tuple[list[float], list
     mean = total / count
     std = (total_sq / count - mean**2).clamp(min=1e-12).sqrt()
     return mean.tolist(), std.tolist()
+
+
+def data_config(folder: Path, pipe, dataset: str | None = None, image_column: str | None = None,
+                train_data_dir: str | None = None) -> TrainingConfig:
+    """The data half of the model's training config (or of the built-in digits), with overrides:
+    the images the model was trained on, at its resolution and channels, center-cropped."""
+    saved = folder / "training_config.yaml"
+    values = yaml.safe_load(saved.read_text()) if saved.exists() else {}
+    keep = {"dataset_name", "dataset_config_name", "dataset_split", "train_data_dir", "image_column"}
+    values = {k: v for k, v in values.items() if k in keep}
+    size = pipe.unet.config.sample_size
+    values.update(resolution=size if isinstance(size, int) else size[0], channels=pipe.unet.config.in_channels,
+                  center_crop=True, label_column=None, streaming=False)
+    if dataset is not None:
+        values.update(dataset_name=dataset, train_data_dir=None)
+    if train_data_dir is not None:
+        values["train_data_dir"] = train_data_dir
+    if image_column is not None:
+        values["image_column"] = image_column
+    return TrainingConfig(**values)
+
+
+def real_images(config: TrainingConfig, limit: int) -> torch.Tensor:
+    """Up to `limit` of the dataset's images, float32 (N, C, H, W) in [0, 1]."""
+    return prepare_dataset(config).pixels(limit).float().div(255.0)

@@ -16,17 +16,15 @@ max(||x - x_hat||^2, ||eps - eps_hat||^2) (SNR = alpha^2 / sigma^2), which stays
 The paper recommends a student that predicts `v` (or x), not eps, whose clean estimate degenerates
 at high noise.
 
-Rounds: round k's teacher is round k-1's student (`distill`), each one a normal training run with
-checkpoints, exact resume, EMA and logging, saved as a normal pipeline that records its step count.
+This module holds the math and the objective; `rounds` runs the rounds (round k's teacher is round
+k-1's student), each one a normal training run with checkpoints, exact resume, EMA and logging.
 """
-
-import dataclasses
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..models.unet_continuous import ContinuousUNet2DModel
+from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .config import ConfigError, TrainingConfig
 
 
@@ -74,7 +72,8 @@ def teacher_target(teacher_unet, teacher_scheduler, scheduler, z: torch.Tensor, 
 
 def distillation_losses(student, scheduler, teacher_unet, teacher_scheduler, x0: torch.Tensor, student_steps: int,
                         generator: torch.Generator, class_labels=None) -> dict[str, torch.Tensor]:
-    """The distillation loss for a batch x0 (B, C, H, W) in model space, and the seeds' diagnostics.
+    """The distillation loss for a batch x0 (B, C, H, W) in model space, and the diagnostics of the
+    diffusion objective (`noise_loss`, `image_loss`).
 
     `scheduler` is the student's (its `prediction_type` and `timestep_spacing` define the times), the
     teacher's scheduler reads the teacher's output. Times are drawn on the student's N-step grid.
@@ -110,38 +109,28 @@ def check_teacher(teacher, config: TrainingConfig) -> None:
         raise ConfigError(f"The teacher {config.teacher!r} is class-conditional; set label_column to the class column.")
 
 
-def round_folder(config: TrainingConfig, steps: int) -> Path:
-    return Path(config.output_dir) / f"student-{steps}-steps"
+class DistillationObjective:
+    """`distillation_losses` against `teacher` (a `CosineDDIMPipeline`) for a student sampled with
+    `student_steps` DDIM steps, in the form the training loop calls (see `objectives`)."""
+
+    def __init__(self, teacher, student_steps: int):
+        self.teacher, self.distilled_steps = teacher, student_steps
+        self.teacher.unet.eval().requires_grad_(False)
+
+    def to(self, device) -> "DistillationObjective":
+        self.teacher.unet.to(device)
+        return self
+
+    def __call__(self, unet, scheduler, x0: torch.Tensor, generator: torch.Generator,
+                 class_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return distillation_losses(unet, scheduler, self.teacher.unet, self.teacher.scheduler, x0,
+                                   self.distilled_steps, generator, class_labels)
 
 
-def finished(folder: Path, config: TrainingConfig) -> bool:
-    """A round is finished when its pipeline and summary are saved (the last thing a run writes)."""
-    summary = folder / "training_summary.json"
-    if not (folder / "model_index.json").exists() or not summary.exists():
-        return False
-    return config.max_train_steps is None or json.loads(summary.read_text())["global_step"] >= config.max_train_steps
-
-
-def distill(config: TrainingConfig) -> Path:
-    """Run the rounds of `config.distill_steps` one after another; return the last student's folder.
-
-    Round k trains in `output_dir/student-N-steps` with the previous round's student as teacher (round
-    1: `config.teacher`). With `resume_from_checkpoint`, finished rounds are skipped and the first
-    unfinished one resumes from its own checkpoints; `overwrite_output_dir` retrains every round.
-    """
-    from .trainer import Trainer
-
-    teacher = config.teacher
-    folder = None
-    for steps in config.distill_steps:
-        folder = round_folder(config, steps)
-        if config.resume_from_checkpoint and not config.overwrite_output_dir and finished(folder, config):
-            print(f"Round for {steps} steps already finished in {folder}; its student is the next teacher.")
-            teacher = str(folder)
-            continue
-        round_config = dataclasses.replace(config, teacher=teacher, distill_steps=[steps], output_dir=str(folder))
-        if round_config.resume_from_checkpoint and not folder.is_dir():
-            round_config.resume_from_checkpoint = None  # a round not started yet starts anew
-        Trainer(round_config).train()
-        teacher = str(folder)
-    return folder
+def student_start(teacher, prediction_type: str):
+    """The student's first weights and its scheduler: a copy of the teacher's UNet, and the teacher's
+    schedule and time spacing (the student is sampled on the same times) with `prediction_type`."""
+    unet = ContinuousUNet2DModel.from_config(teacher.unet.config)
+    unet.load_state_dict(teacher.unet.state_dict())
+    scheduler = CosineDDIMScheduler.from_config(teacher.scheduler.config, prediction_type=prediction_type)
+    return unet, scheduler

@@ -1,0 +1,126 @@
+"""Resumable checkpoints of a training run, and the output folder they live in.
+
+A checkpoint `checkpoint-STEP` holds what Accelerate saves (model, optimiser, LR schedule, EMA and
+torch's RNG states), the trainer's noise generator of each process (`noise_rng_P.pt`) and
+`training_state.json` (training time, the position in the data, and the callbacks' state).
+
+It is written to a temporary folder, renamed into place, and only then are old ones pruned
+(`checkpoints_total_limit`), each renamed away before it is deleted: a kill at any moment leaves
+`latest` a complete checkpoint.
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from .config import ConfigError, TrainingConfig
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Folders of interrupted saves and prunes (".checkpoint-STEP.partial", ".checkpoint-STEP.deleting").
+UNFINISHED_CHECKPOINT = re.compile(r"^\.checkpoint-(\d+)\.(partial|deleting)$")
+STATE_FILE = "training_state.json"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The STEP of a `checkpoint-STEP` folder."""
+    return int(CHECKPOINT.match(Path(path).name).group(1))
+
+
+def find_checkpoint(output_dir: Path, which: str) -> Path | None:
+    """`which` is a checkpoint folder or 'latest' (the highest step in output_dir; None if there is none)."""
+    if which != "latest":
+        path = Path(which)
+        if not path.is_absolute() and not path.exists():
+            path = output_dir / which
+        if not path.is_dir() or not CHECKPOINT.match(path.name):
+            raise ConfigError(f"resume_from_checkpoint={which!r} is not a checkpoint-STEP folder.")
+        return path
+    steps = [int(m.group(1)) for p in output_dir.glob("checkpoint-*") if (m := CHECKPOINT.match(p.name)) and p.is_dir()]
+    return output_dir / f"checkpoint-{max(steps)}" if steps else None
+
+
+def check_output_dir(output_dir: Path, config: TrainingConfig) -> bool:
+    """Refuse to train over an earlier run by accident; True when an earlier run is to be replaced
+    (`overwrite_output_dir`)."""
+    existing = output_dir.is_dir() and (
+        (output_dir / "model_index.json").exists() or find_checkpoint(output_dir, "latest") is not None
+    )
+    if existing and not config.resume_from_checkpoint and not config.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir {str(output_dir)!r} already holds a trained pipeline or checkpoints; pass "
+            "--resume_from_checkpoint latest to continue, --overwrite_output_dir to train anew, or another output_dir."
+        )
+    return existing and not config.resume_from_checkpoint
+
+
+def remove_previous_run(output_dir: Path) -> None:
+    """--overwrite_output_dir: the earlier run's checkpoints and sample grids go, so that a later
+    `--resume_from_checkpoint latest` can only find this run's."""
+    for path in output_dir.iterdir():
+        if CHECKPOINT.match(path.name) or UNFINISHED_CHECKPOINT.match(path.name) or path.name == "samples":
+            shutil.rmtree(path)
+
+
+def remove_unfinished_checkpoints(output_dir: Path) -> None:
+    """Folders left by a save or a prune that was killed half-way; never a resumable checkpoint."""
+    for path in output_dir.glob(".checkpoint-*"):
+        if UNFINISHED_CHECKPOINT.match(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class Checkpoints:
+    """Saves, prunes and loads the checkpoints of one run in `output_dir` (every process calls
+    `save` and `load`; only the main process touches the folders)."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path, total_limit: int | None = None):
+        self.accelerator, self.output_dir, self.total_limit = accelerator, Path(output_dir), total_limit
+
+    def latest(self) -> Path | None:
+        return find_checkpoint(self.output_dir, "latest")
+
+    def save(self, step: int, generator: torch.Generator, state: dict) -> Path:
+        """Write `checkpoint-STEP` through a temporary folder, rename it into place, then prune.
+
+        `state` (JSON-ready: training time, data position, callbacks' state) goes into
+        `training_state.json`. The new checkpoint takes its name only once complete, and old ones
+        are pruned only after that.
+        """
+        accelerator = self.accelerator
+        final = self.output_dir / f"checkpoint-{step}"
+        partial = self.output_dir / f".checkpoint-{step}.partial"
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        torch.save(generator.get_state(), partial / f"noise_rng_{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            (partial / STATE_FILE).write_text(json.dumps(state))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+            if self.total_limit is not None:
+                self.prune(self.total_limit)
+        accelerator.wait_for_everyone()
+        return final
+
+    def prune(self, limit: int) -> None:
+        """Keep the newest `limit` checkpoints; each older one is renamed away, then deleted."""
+        kept = sorted((int(m.group(1)), p) for p in self.output_dir.glob("checkpoint-*") if (m := CHECKPOINT.match(p.name)))
+        for step, old in kept[: max(0, len(kept) - limit)]:
+            doomed = self.output_dir / f".checkpoint-{step}.deleting"
+            os.replace(old, doomed)  # atomic: a half-deleted folder never keeps a checkpoint name
+            shutil.rmtree(doomed)
+
+    def load(self, path: Path, generator: torch.Generator) -> dict:
+        """Restore what `save` wrote (into the prepared objects and `generator`); return its state
+        (empty for checkpoints written before it was stored)."""
+        self.accelerator.load_state(str(path))
+        generator.set_state(torch.load(path / f"noise_rng_{self.accelerator.process_index}.pt"))
+        state_file = path / STATE_FILE
+        return json.loads(state_file.read_text()) if state_file.exists() else {}
