@@ -1,5 +1,5 @@
 """Check the GPU targets against the figures benchmarks/gpu.sh wrote for this machine:
-training of configs/emoji.yaml at >= 10,000 images/s in bf16 (the seeds' ~1.6M flowers images in
+training of configs/emoji.yaml at >= 10,000 images/s in bf16 (the Keras DDIM example's ~1.6M flowers images in
 under 3 minutes), and sampling >= 2x stock DDIMPipeline at the same dtype. Prints each target
 with its figure and exits 1 if one is missed."""
 

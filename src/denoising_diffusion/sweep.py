@@ -1,7 +1,7 @@
 """Train variants of a config at the same budget and compare them: the recipe study and the grid of
 the R/torch port of the Keras DDIM example (Falbel 2023) are two specs of this one tool.
 
-    python -m denoising_diffusion.sweep configs/sweeps/seed_grid.yaml
+    python -m denoising_diffusion.sweep configs/sweeps/loss_grid.yaml
     python -m denoising_diffusion.sweep configs/sweeps/recipe.yaml --variants default mse --seeds 42 43
 
 A spec names a `base_config`, `overrides` for every run, and the runs: `grid` (every combination of
@@ -244,7 +244,7 @@ def run_sweep(spec_path: str, output_dir: str | None = None, only: list[str] | N
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m denoising_diffusion.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="Sweep spec YAML (e.g. configs/sweeps/seed_grid.yaml).")
+    parser.add_argument("spec", help="Sweep spec YAML (e.g. configs/sweeps/loss_grid.yaml).")
     parser.add_argument("--output_dir", default=None, help="Overrides the spec's output_dir.")
     parser.add_argument("--variants", nargs="+", default=None, help="Only these runs (names of the spec's runs).")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Overrides the spec's seeds.")

@@ -1,6 +1,6 @@
-"""The R seed's pictures, with matplotlib: forward diffusion under each schedule, signal/noise rate
-curves, the sinusoidal noise embedding, forward vs reverse diffusion, plus interpolation strips
-and one row per class for conditional models.
+"""The pictures of the R/torch port of the Keras DDIM example (Falbel 2023), with matplotlib:
+forward diffusion under each schedule, signal/noise rate curves, the sinusoidal noise embedding,
+forward vs reverse diffusion, plus interpolation strips and one row per class for conditional models.
 
     python -m denoising_diffusion.visualize --model outputs/digits --output_dir docs/
 
@@ -92,7 +92,7 @@ def forward_reverse_figure(pipe, image: torch.Tensor, num_steps: int = 10, seed:
     """Forward diffusion of `image` (top) and reverse diffusion from the final noise (bottom).
 
     The noise the forward process ends in is the starting noise of the reverse (DDIM) process,
-    as in the R seed's figure. Bottom row shows the sampler's state x_t at each step.
+    as in the R/torch port's figure. Bottom row shows the sampler's state x_t at each step.
     """
     scheduler = pipe.scheduler
     device = pipe.device

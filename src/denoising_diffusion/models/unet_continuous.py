@@ -62,7 +62,7 @@ class SinusoidalNoiseVarianceEmbedding(nn.Module):
 class ContinuousUNet2DModel(UNet2DModel):
     """`UNet2DModel` whose `timestep` is a continuous diffusion time t in [0, 1].
 
-    Takes `UNet2DModel`'s arguments (defaults: the seeds' 64x64 RGB model, widths 32/64/96/128
+    Takes `UNet2DModel`'s arguments (defaults: the Keras DDIM example's 64x64 RGB model, widths 32/64/96/128
     with 2 residual blocks per level and no attention) plus the noise schedule the times refer
     to, which must match the scheduler's, and the embedding's frequency range.
     """
@@ -130,7 +130,7 @@ class ContinuousUNet2DModel(UNet2DModel):
         self._internal_dict = FrozenDict(
             {k: v for k, v in self._internal_dict.items() if k not in _FIXED_PARENT_OPTIONS and k != "_use_default_values"}
         )
-        # Replace the integer-step projection with the seeds' embedding of the noise variance.
+        # Replace the integer-step projection with the Keras DDIM example's embedding of the noise variance.
         self.time_proj = SinusoidalNoiseVarianceEmbedding(
             block_out_channels[0], schedule, min_signal_rate, max_signal_rate,
             embedding_min_frequency, embedding_max_frequency,

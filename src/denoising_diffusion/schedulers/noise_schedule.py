@@ -78,7 +78,7 @@ def signal_noise_rates(
     """Return ``(signal_rate, noise_rate)`` for continuous times ``t`` (any shape, values in [0, 1]).
 
     * ``"cosine"``: the angle moves linearly from ``acos(max_signal_rate)`` at t=0 to
-      ``acos(min_signal_rate)`` at t=1; ``signal = cos(angle)``, ``noise = sin(angle)``.
+      ``acos(min_signal_rate)`` at t=1; ``alpha = cos(angle)``, ``sigma = sin(angle)``.
     * ``"linear"``: DDPM's linear beta schedule in continuous time, ``alpha_bar(tau) =
       exp(-(b0 tau + (b1 - b0) tau^2 / 2))`` with b0 = 0.1, b1 = 20, where t in [0, 1] is mapped
       linearly onto the tau range whose signal rates are ``[max_signal_rate, min_signal_rate]``.
@@ -95,10 +95,10 @@ def signal_noise_rates(
         start, end = _linear_tau(max_signal_rate), _linear_tau(min_signal_rate)
         tau = start + t * (end - start)
         log_alpha_bar = -(LINEAR_BETA_MIN * tau + 0.5 * (LINEAR_BETA_MAX - LINEAR_BETA_MIN) * tau**2)
-        signal = torch.exp(0.5 * log_alpha_bar)
+        alpha = torch.exp(0.5 * log_alpha_bar)
         # sqrt(1 - alpha_bar) written with expm1 keeps precision where alpha_bar is close to 1.
-        noise = torch.sqrt(-torch.expm1(log_alpha_bar))
-        return signal, noise
+        sigma = torch.sqrt(-torch.expm1(log_alpha_bar))
+        return alpha, sigma
     raise ValueError(f"Unknown schedule {schedule!r}; expected one of {', '.join(map(repr, SCHEDULES))}.")
 
 
@@ -108,8 +108,8 @@ def log_snr(t, schedule: str = "cosine", min_signal_rate: float = 0.02, max_sign
     Decreasing in t: lambda_0 = log(max_signal_rate / sqrt(1 - max_signal_rate**2)) and
     lambda_1 = log(min_signal_rate / sqrt(1 - min_signal_rate**2)).
     """
-    signal, noise = signal_noise_rates(t, schedule, min_signal_rate, max_signal_rate)
-    return torch.log(signal) - torch.log(noise)
+    alpha, sigma = signal_noise_rates(t, schedule, min_signal_rate, max_signal_rate)
+    return torch.log(alpha) - torch.log(sigma)
 
 
 def time_from_log_snr(lam, schedule: str = "cosine", min_signal_rate: float = 0.02,
@@ -155,7 +155,7 @@ def spaced_time(u, timestep_spacing: str = "time", rho: float = 7.0, schedule: s
     Sampling with N steps evaluates the model at u = 1, (N - 1)/N, ..., 1/N; the spacing decides where
     those times fall:
 
-    * ``"time"``: t = u, uniform in time (the seeds, the Keras DDIM example).
+    * ``"time"``: t = u, uniform in time (the Keras DDIM example and its R/torch port).
     * ``"log_snr"``: uniform in lambda = log(alpha / sigma) (Lu et al. 2022 recommend it for
       DPM-Solver): lambda(u) = lambda_0 + u (lambda_1 - lambda_0).
     * ``"karras"``: Karras et al. (2022, eq. 5) in terms of s = sigma / alpha = e^-lambda:

@@ -48,11 +48,11 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
             `v = alpha_t * eps - sigma_t * x_0` (`"v_prediction"`).
         clip_sample (`bool`, defaults to False): clip the predicted clean sample to
             `[-clip_sample_range, clip_sample_range]` at every step, as diffusers' `DDIMScheduler`
-            (off, as in the seeds: samples live in the model's standardised space, not in [-1, 1]).
+            (off, as in the Keras DDIM example: samples live in the model's standardised space, not in [-1, 1]).
         clip_sample_range (`float`, defaults to 1.0): the bound used by `clip_sample`.
         timestep_spacing (`str`, defaults to `"log_snr"`): where the `num_inference_steps` times fall
             (see `noise_schedule.spaced_time`): `"log_snr"` (uniform in log(alpha / sigma), the
-            measured best for few steps, `benchmarks/solvers.py`), `"time"` (uniform in t, the seeds')
+            measured best for few steps, `benchmarks/solvers.py`), `"time"` (uniform in t, the Keras DDIM example's)
             or `"karras"` (Karras et al.'s rho-spacing of sigma / alpha). It only matters for
             sampling; any spacing works with any model.
         rho (`float`, defaults to 7.0): the exponent of the `"karras"` spacing.
@@ -116,9 +116,9 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
             )
         dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
         t = torch.as_tensor(timesteps, device=sample.device, dtype=dtype)
-        signal, noise = self.signal_noise_rates(t)
+        alpha, sigma = self.signal_noise_rates(t)
         shape = (-1,) + (1,) * (sample.ndim - 1) if t.ndim == 1 else ()
-        return signal.reshape(shape), noise.reshape(shape)
+        return alpha.reshape(shape), sigma.reshape(shape)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """Identity, for interchangeability with schedulers that scale the model input."""
@@ -167,25 +167,25 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
     def _step_rates(self, timesteps, sample: torch.Tensor):
         """`signal_noise_rates` where t = 0 means the end of sampling: the clean data (alpha = 1, sigma = 0),
         not the training bound `max_signal_rate`."""
-        signal, noise = self.signal_noise_rates(timesteps, sample)
-        at_end = torch.as_tensor(timesteps, device=sample.device).reshape(signal.shape) <= 0
-        return torch.where(at_end, torch.ones_like(signal), signal), torch.where(at_end, torch.zeros_like(noise), noise)
+        alpha, sigma = self.signal_noise_rates(timesteps, sample)
+        at_end = torch.as_tensor(timesteps, device=sample.device).reshape(alpha.shape) <= 0
+        return torch.where(at_end, torch.ones_like(alpha), alpha), torch.where(at_end, torch.zeros_like(sigma), sigma)
 
     def convert_model_output(
         self, model_output: torch.Tensor, timestep, sample: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Turn a model output into `(pred_original_sample, pred_epsilon)` at time `timestep`."""
-        signal, noise = self.signal_noise_rates(timestep, sample)
+        alpha, sigma = self.signal_noise_rates(timestep, sample)
         kind = self.config.prediction_type
         if kind == "epsilon":
             pred_epsilon = model_output
-            pred_original_sample = (sample - noise * pred_epsilon) / signal
+            pred_original_sample = (sample - sigma * pred_epsilon) / alpha
         elif kind == "sample":
             pred_original_sample = model_output
-            pred_epsilon = (sample - signal * pred_original_sample) / noise
+            pred_epsilon = (sample - alpha * pred_original_sample) / sigma
         elif kind == "v_prediction":
-            pred_original_sample = signal * sample - noise * model_output
-            pred_epsilon = signal * model_output + noise * sample
+            pred_original_sample = alpha * sample - sigma * model_output
+            pred_epsilon = alpha * model_output + sigma * sample
         else:
             raise ValueError(f"Unknown prediction_type {kind!r}; expected one of {PREDICTION_TYPES}.")
         return pred_original_sample, pred_epsilon
@@ -257,12 +257,12 @@ class CosineDDIMScheduler(SchedulerMixin, ConfigMixin):
         `timesteps` is a continuous time per sample (shape (B,)) or one for all (scalar).
         """
         check_times(timesteps, "timesteps")
-        signal, noise_rate = self.signal_noise_rates(timesteps, original_samples)
-        out = signal * original_samples.to(signal.dtype) + noise_rate * noise.to(signal.dtype)
+        alpha, sigma = self.signal_noise_rates(timesteps, original_samples)
+        out = alpha * original_samples.to(alpha.dtype) + sigma * noise.to(alpha.dtype)
         return out.to(original_samples.dtype)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """The v-prediction target `alpha_t * noise - sigma_t * sample` (Salimans & Ho 2022)."""
         check_times(timesteps, "timesteps")
-        signal, noise_rate = self.signal_noise_rates(timesteps, sample)
-        return (signal * noise.to(signal.dtype) - noise_rate * sample.to(signal.dtype)).to(sample.dtype)
+        alpha, sigma = self.signal_noise_rates(timesteps, sample)
+        return (alpha * noise.to(alpha.dtype) - sigma * sample.to(alpha.dtype)).to(sample.dtype)

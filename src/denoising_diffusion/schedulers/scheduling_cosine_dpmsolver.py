@@ -78,8 +78,8 @@ class CosineDPMSolverScheduler(CosineDDIMScheduler):
         self._history = []
 
     def _alpha_sigma(self, t: float) -> tuple[float, float]:
-        signal, noise = self.signal_noise_rates(torch.tensor(t, dtype=torch.float64))
-        return float(signal), float(noise)
+        alpha, sigma = self.signal_noise_rates(torch.tensor(t, dtype=torch.float64))
+        return float(alpha), float(sigma)
 
     def step(
         self,

@@ -25,8 +25,8 @@ SECRET_FIELDS = ("hub_token",)
 class ConfigError(ValueError):
     """A problem with the user's configuration or data, reported before training starts."""
 
-# The built-in default's UNet: the seeds' residual design (two blocks per level, no attention),
-# three levels 32/64/96 for 16x16 digits. configs/flowers.yaml has the seeds' 64x64 four-level one.
+# The built-in default's UNet: the residual design of the Keras DDIM example (two blocks per level, no
+# attention), three levels 32/64/96 for 16x16 digits. configs/flowers.yaml has its 64x64 four-level one.
 DEFAULT_UNET = {
     "block_out_channels": [32, 64, 96],
     "layers_per_block": 2,
@@ -55,7 +55,7 @@ class TrainingConfig:
     label_column: Optional[str] = field(default=None, metadata={"help": "Column holding class labels, if any."})
     resolution: int = field(default=16, metadata={"help": "Images are resized (and cropped) to this square size."})
     center_crop: bool = field(
-        default=True, metadata={"help": "Center-crop after resizing (seeds; images decoded once) or random crop."}
+        default=True, metadata={"help": "Center-crop after resizing (as the Keras DDIM example; images decoded once) or random crop."}
     )
     random_flip: bool = field(default=False, metadata={"help": "Flip images horizontally at random."})
     channels: int = field(default=1, metadata={"help": "1 (grayscale) or 3 (RGB); images are converted."})
@@ -63,7 +63,7 @@ class TrainingConfig:
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it first."})
     normalization: str = field(
         default="dataset",
-        metadata={"help": "'dataset': standardise with per-channel mean/std (seeds); 'minus_one_one': [-1, 1]."},
+        metadata={"help": "'dataset': standardise with per-channel mean/std (Keras DDIM example); 'minus_one_one': [-1, 1]."},
     )
     normalization_samples: int = field(
         default=10000, metadata={"help": "How many images estimate the dataset statistics (streaming)."}
@@ -124,7 +124,7 @@ class TrainingConfig:
     ema_min_decay: float = field(
         default=0.0,
         metadata={"help": "EMAModel's min_decay: the decay never drops below it. ema_min_decay = ema_decay gives a "
-                          "constant decay from the first step, as the seeds' Keras EMA."},
+                          "constant decay from the first step, as the Keras DDIM example's EMA."},
     )
 
     # -- hardware
