@@ -2,6 +2,7 @@
 UNet at a matched size, and averaging over seeds. Benchmarks import this module and the package,
 never each other."""
 
+import os
 import re
 import statistics
 import time
@@ -13,7 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from denoising_diffusion.hardware import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where the scripts write their JSON: benchmarks/results, or $BENCHMARK_RESULTS (e.g. a run's own folder).
+RESULTS = Path(os.environ.get("BENCHMARK_RESULTS") or Path(__file__).resolve().parent / "results")
 
 __all__ = ["RESULTS", "ROOT", "flops_per_image", "machine_info", "machine_tag", "matmul_peak", "mean_over_seeds",
            "stock_unet", "sync", "without_periodic_work"]

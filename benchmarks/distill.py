@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, machine_tag  # noqa: E402
+from common import RESULTS, machine_info, machine_tag  # noqa: E402
 
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler  # noqa: E402
 from denoising_diffusion.evaluation.scoring import generate, score_samples  # noqa: E402
@@ -70,7 +70,8 @@ def main():
     lines.append(f"\nDistillation training time, all rounds: {training_seconds / 60:.1f} minutes. Real held-out digits "
                  f"recognised: {real_recognised:.1%}.")
     print("\n".join(lines))
-    out = Path(args.output) if args.output else Path(__file__).resolve().parent / "results" / f"distill-{machine_tag()}.json"
+    out = Path(args.output) if args.output else RESULTS / f"distill-{machine_tag()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"teacher": args.teacher, "students": args.students, "num_samples": args.num_samples,
                                "distillation_training_seconds": training_seconds, "machine": machine_info(),
                                "real_held_out_recognised": real_recognised,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine_info, machine_tag  # noqa: E402
+from common import RESULTS, ROOT, machine_info, machine_tag  # noqa: E402
 from emoji_classifier import CategoryFeatures, load_emoji, train_classifier  # noqa: E402
 
 
@@ -68,7 +68,8 @@ def main():
     print("\n".join(lines))
     result = {"model": args.model, "per_class": args.per_class, "classifier_test_accuracy": accuracy,
               "classifier_balanced_accuracy": balanced, "machine": machine_info(), "results": rows}
-    out = Path(__file__).resolve().parent / "results" / f"emoji_quality-{machine_tag()}.json"
+    out = RESULTS / f"emoji_quality-{machine_tag()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out}")
 

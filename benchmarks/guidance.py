@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, machine_tag  # noqa: E402
+from common import RESULTS, machine_info, machine_tag  # noqa: E402
 
 from denoising_diffusion import CosineDDIMPipeline  # noqa: E402
 from denoising_diffusion.evaluation.features import load_digits_classifier  # noqa: E402
@@ -56,7 +56,8 @@ def main():
     print("\n".join(lines))
     result = {"model": args.model, "per_class": args.per_class, "steps": args.steps,
               "classifier_test_accuracy": accuracy, "machine": machine_info(), "results": rows}
-    out = Path(__file__).resolve().parent / "results" / f"guidance-{machine_tag()}.json"
+    out = RESULTS / f"guidance-{machine_tag()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out}")
 

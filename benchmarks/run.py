@@ -46,7 +46,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import ROOT, flops_per_image, machine_info, machine_tag, matmul_peak, stock_unet, sync  # noqa: E402
+from common import RESULTS, ROOT, flops_per_image, machine_info, machine_tag, matmul_peak, stock_unet, sync  # noqa: E402
 
 
 def train_stock(config, steps: int, device: str, learning_rate: float = 1e-4, seed: int | None = None,
@@ -328,7 +328,8 @@ def main():
         if shipped is not None:
             result["targets"]["kid10_ours_best_over_stock_shipped_kid50"] = (
                 ours[best_solver][10]["kid"] / shipped[max(sample_steps)]["kid"])
-    out = Path(args.output) if args.output else Path(__file__).resolve().parent / "results" / f"run-{machine_tag()}.json"
+    out = Path(args.output) if args.output else RESULTS / f"run-{machine_tag()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     lines = [f"Machine: {info['cpu']} ({info['cores']} cores){', ' + info['gpu'] if info['gpu'] else ''}, torch {info['torch']}, "

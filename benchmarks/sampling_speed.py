@@ -3,7 +3,7 @@
     python benchmarks/sampling_speed.py [--config configs/digits.yaml] [--repeats 3]
 
 Our `CosineDDIMPipeline` and diffusers' `DDIMPipeline` around the matched-parameter stock
-`UNet2DModel` of benchmarks/run.py, each eager and with its UNet compiled in place
+`UNet2DModel` of benchmarks/common.py, each eager and with its UNet compiled in place
 (`compile_unet`, inductor). Throughput does not depend on the weights, so the models are freshly
 initialised. Each round times one call of every variant (batch 256, 20 steps) in turn, so machine
 load affects them alike; the table gives the median and best round. Writes
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine_info, machine_tag, stock_unet, sync  # noqa: E402
+from common import RESULTS, ROOT, machine_info, machine_tag, stock_unet, sync  # noqa: E402
 
 
 def main():
@@ -32,6 +32,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                         help="Both pipelines' weights and sampling dtype (half precision on GPUs).")
+    parser.add_argument("--no_compile", action="store_true", help="Eager pipelines only (no compilation time).")
     args = parser.parse_args()
 
     from diffusers import DDIMPipeline, DDIMScheduler
@@ -43,7 +44,7 @@ def main():
     config = parse_config(["--config", args.config])
     device, batch, steps = args.device, args.batch_size, args.steps
     pipes = {}
-    for compiled in (False, True):
+    for compiled in (False,) if args.no_compile else (False, True):
         torch.manual_seed(0)
         ours = build_unet(config)
         stock = stock_unet(config.resolution, config.channels, sum(p.numel() for p in ours.parameters()))
@@ -86,7 +87,8 @@ def main():
               "batch_size": batch, "steps": steps,
               "pipelines": {k: {"images_per_s": v["images_per_s"], "warmup_s": v["warmup_s"]} for k, v in pipes.items()}}
     suffix = "" if args.dtype == "fp32" else f"-{args.dtype}"
-    out = Path(__file__).resolve().parent / "results" / f"sampling_speed-{machine_tag()}{suffix}.json"
+    out = RESULTS / f"sampling_speed-{machine_tag()}{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out}")
 

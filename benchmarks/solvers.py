@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, machine_tag, mean_over_seeds  # noqa: E402
+from common import RESULTS, machine_info, machine_tag, mean_over_seeds  # noqa: E402
 
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler  # noqa: E402
 from denoising_diffusion.evaluation.scoring import generate, model_folder, score_samples  # noqa: E402
@@ -78,7 +78,8 @@ def main():
         result["real_held_out_recognised"] = extractor.held_out_recognised_fraction()
         lines.append(f"\nReal held-out digits recognised: {result['real_held_out_recognised']:.1%}")
     print("\n".join(lines))
-    out = Path(args.output) if args.output else Path(__file__).resolve().parent / "results" / f"solvers-{machine_tag()}.json"
+    out = Path(args.output) if args.output else RESULTS / f"solvers-{machine_tag()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out}")
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine_info, machine_tag, sync  # noqa: E402
+from common import RESULTS, ROOT, machine_info, machine_tag, sync  # noqa: E402
 
 
-def make_variant(config, device, channels_last, compile_, dtype):
+def make_variant(config, device, channels_last, compile_, dtype, sample_batch: int = 256):
     from denoising_diffusion import compile_unet
     from denoising_diffusion.training.components import build_unet
 
@@ -42,7 +42,7 @@ def make_variant(config, device, channels_last, compile_, dtype):
     labels = sample_labels = None
     if unet.config.num_class_embeds:
         labels = torch.zeros(config.train_batch_size, dtype=torch.long, device=device)
-        sample_labels = torch.full((256,), unet.config.num_class_embeds - 1, device=device)
+        sample_labels = torch.full((sample_batch,), unet.config.num_class_embeds - 1, device=device)
 
     def step():
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
@@ -51,9 +51,9 @@ def make_variant(config, device, channels_last, compile_, dtype):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    sample_x = torch.randn(256, config.channels, config.resolution, config.resolution,
+    sample_x = torch.randn(sample_batch, config.channels, config.resolution, config.resolution,
                            device=device).contiguous(memory_format=fmt)
-    sample_t = torch.full((256,), 0.5, device=device)
+    sample_t = torch.full((sample_batch,), 0.5, device=device)
 
     @torch.no_grad()
     def sample_call():
@@ -73,6 +73,10 @@ def main():
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no_compile", action="store_true", help="Skip the torch.compile variants.")
     parser.add_argument("--batch_size", type=int, default=None, help="Training batch (default: the config's).")
+    parser.add_argument("--sample_batch_size", type=int, default=256, help="Batch of the sampling calls.")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="Only these variants, named as in the table: 'fp32', 'bf16 channels_last', "
+                             "'bf16 compile', 'bf16 channels_last compile', ... (default: all; bf16 on CUDA only).")
     args = parser.parse_args()
 
     from denoising_diffusion.training import parse_config
@@ -80,21 +84,25 @@ def main():
     config = parse_config(["--config", args.config] + (["--train_batch_size", str(args.batch_size)] if args.batch_size else []))
     device = args.device
     dtypes = [torch.float32] + ([torch.bfloat16] if device.startswith("cuda") else [])
+    candidates = {(f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}"
+                   f"{' channels_last' if channels_last else ''}{' compile' if compile_ else ''}"): (dtype, channels_last, compile_)
+                  for dtype in dtypes for channels_last in (False, True)
+                  for compile_ in ((False,) if args.no_compile else (False, True))}
+    unknown = sorted(set(args.variants or []) - set(candidates))
+    if unknown:
+        parser.error(f"unknown variants {unknown} on {device}; expected some of {sorted(candidates)}")
     variants = {}
-    for dtype in dtypes:
-        for channels_last in (False, True):
-            for compile_ in (False,) if args.no_compile else (False, True):
-                name = (f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}"
-                        f"{' channels_last' if channels_last else ''}{' compile' if compile_ else ''}")
-                step, sample_call = make_variant(config, device, channels_last, compile_, dtype)
-                start = time.perf_counter()
-                for _ in range(3):
-                    step()
-                    sample_call()
-                sync(device)
-                warmup = time.perf_counter() - start
-                variants[name] = {"step": step, "sample": sample_call, "warmup_s": warmup, "train": [], "sample_calls": []}
-                print(f"{name}: warm-up (incl. compilation) {warmup:.1f} s", flush=True)
+    for name, (dtype, channels_last, compile_) in candidates.items():
+        if args.variants is None or name in args.variants:
+            step, sample_call = make_variant(config, device, channels_last, compile_, dtype, args.sample_batch_size)
+            start = time.perf_counter()
+            for _ in range(3):
+                step()
+                sample_call()
+            sync(device)
+            warmup = time.perf_counter() - start
+            variants[name] = {"step": step, "sample": sample_call, "warmup_s": warmup, "train": [], "sample_calls": []}
+            print(f"{name}: warm-up (incl. compilation) {warmup:.1f} s", flush=True)
 
     batch = config.train_batch_size
     for _ in range(args.repeats):
@@ -109,17 +117,18 @@ def main():
             for _ in range(args.iters):
                 v["sample"]()
             sync(device)
-            # images/s of a 20-step sampler = UNet calls per second * 256 / 20
-            v["sample_calls"].append(256 * args.iters / 20 / (time.perf_counter() - start))
+            # images/s of a 20-step sampler = UNet calls per second * batch / 20
+            v["sample_calls"].append(args.sample_batch_size * args.iters / 20 / (time.perf_counter() - start))
 
     info = machine_info()
     base = statistics.median(variants[next(iter(variants))]["train"])
     base_s = statistics.median(variants[next(iter(variants))]["sample_calls"])
     lines = [f"Machine: {info['cpu']} ({info['cores']} cores){', ' + info['gpu'] if info['gpu'] else ''}, "
              f"torch {info['torch']}, device {device}; {Path(args.config).name} model, batch {batch}.", "",
-             "| variant | training images/s (median, best) | vs eager fp32 | sampling images/s at 20 steps, batch 256 "
+             f"| variant | training images/s (median, best) | vs eager fp32 | sampling images/s at 20 steps, batch {args.sample_batch_size} "
              "(median, best) | vs eager fp32 | warm-up s |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    result = {"machine": info, "device": device, "config": Path(args.config).name, "batch_size": batch, "variants": {}}
+    result = {"machine": info, "device": device, "config": Path(args.config).name, "batch_size": batch,
+              "sample_batch_size": args.sample_batch_size, "variants": {}}
     for name, v in variants.items():
         train_med, sample_med = statistics.median(v["train"]), statistics.median(v["sample_calls"])
         lines.append(f"| {name} | {train_med:.1f} ({max(v['train']):.1f}) | {train_med / base:.2f} | "
@@ -127,7 +136,8 @@ def main():
         result["variants"][name] = {"train_images_per_s": v["train"], "sample_images_per_s_20_steps": v["sample_calls"],
                                     "warmup_s": v["warmup_s"]}
     print("\n".join(lines))
-    out = Path(__file__).resolve().parent / "results" / f"training_speed-{machine_tag()}.json"
+    out = RESULTS / f"training_speed-{machine_tag()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out}")
 
