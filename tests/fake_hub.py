@@ -24,6 +24,7 @@ class FakeHub:
         self.repos: dict[str, dict] = {}  # repo_id -> {"files": {path: bytes}, "commits": [oid], "private": bool}
         self.requests: list[dict] = []
         self.fail_commits = False
+        self.user = "tester"  # whom any token belongs to: the owner of repos created without one
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,7 +59,8 @@ class FakeHub:
                 path = urlparse(self.path).path
                 if path == "/api/repos/create":
                     data = json.loads(body)
-                    repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
+                    # as the Hub does: a name without an owner goes to the token's user
+                    repo_id = f"{data.get('organization') or hub.user}/{data['name']}"
                     hub.repos.setdefault(repo_id, {"files": {}, "commits": [],
                                                    "private": data.get("visibility") == "private" or data.get("private")})
                     return self._send(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
@@ -105,6 +107,8 @@ class FakeHub:
             def do_GET(self):
                 self._record()
                 path = unquote(urlparse(self.path).path)
+                if path == "/api/whoami-v2":
+                    return self._send(200, {"type": "user", "name": hub.user, "orgs": [], "auth": {}})
                 if m := re.fullmatch(rf"/api/models/{REPO}(/revision/(?P<rev>[^/]+))?", path):
                     if (repo := self._repo_or_404(m["repo"])) is None:
                         return

@@ -11,11 +11,11 @@ from test_training import ROOT, TINY
 SECRET = "hf_test_secret_token_0123456789"
 
 
-def run(args, hub, tmp_path, check=True):
+def run(args, hub, tmp_path, check=True, cwd=None):
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_XET": "1",
            "TQDM_DISABLE": "1"}
     env.pop("HF_TOKEN", None)
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -66,7 +66,10 @@ def test_push_then_load_by_repo_id_through_the_hub_api(trained, tmp_path):
                     "scheduler/scheduler_config.json", "scheduler/scheduling_cosine_ddim.py",
                     "scheduler/noise_schedule.py"}
         assert files == expected  # checkpoints and logs stay local
-        assert hub.repos["someone/digits-tiny"]["files"]["README.md"] == (trained / "README.md").read_bytes()
+        uploaded = hub.repos["someone/digits-tiny"]["files"]["README.md"]
+        assert uploaded == (trained / "README.md").read_bytes()  # the local card is rendered for the repo too
+        assert b'CosineDDIMPipeline.from_pretrained("someone/digits-tiny")' in uploaded
+        assert str(trained).encode() not in uploaded  # no local path reaches the Hub page
         assert all(r["authorization"] == f"Bearer {SECRET}" for r in hub.requests if r["method"] == "POST")
 
         run(["-c", SAMPLE, "someone/digits-tiny", str(tmp_path / "hub.pt")], hub, tmp_path)
@@ -116,8 +119,10 @@ pipe.push_to_hub("someone/via-pipeline", token={SECRET!r})
     with FakeHub() as hub:
         run(["-c", code], hub, tmp_path)
         files = set(hub.repos["someone/via-pipeline"]["files"])
+        card = hub.repos["someone/via-pipeline"]["files"]["README.md"].decode()
+        assert "CosineDDIMPipeline.from_pretrained('someone/via-pipeline')" in card
     assert {"pipeline_cosine_ddim.py", "unet/unet_continuous.py", "scheduler/scheduling_cosine_ddim.py",
-            "unet/diffusion_pytorch_model.safetensors", "model_index.json"} <= files
+            "unet/diffusion_pytorch_model.safetensors", "model_index.json", "README.md"} <= files
 
 
 def test_failed_push_at_the_end_of_training_keeps_the_run_and_says_how_to_retry(tmp_path):

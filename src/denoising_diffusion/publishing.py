@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .digits import BUILTIN_DATASET
 from .evaluation.report import markdown_table
 from .pipelines.pipeline_saving import PUSH_IGNORE, PushError, retry_command
 from .pipelines.pipeline_saving import push_folder as upload_pipeline_folder
@@ -34,8 +35,74 @@ def _evaluation_markdown(folder: Path) -> str:
     return head + "), by sampling steps:\n\n" + markdown_table(result)
 
 
-def render_model_card(folder: str | Path, repo_id: str | None = None, license: str = "apache-2.0"):
-    """A `huggingface_hub.ModelCard` for the trained pipeline in `folder` (not yet saved)."""
+LOCAL_PATH_KEYS = ("output_dir", "train_data_dir", "dataset_name", "teacher", "resume_from_checkpoint",
+                   "inception_weights")
+
+
+def _is_local(value) -> bool:
+    return value is not None and (Path(str(value)).expanduser().exists() or str(value).startswith((".", "/", "~")))
+
+
+def _public_config(config: dict) -> dict:
+    """The training configuration as the card shows it: local paths (this machine's folders) left out."""
+    shown = dict(config)
+    for key in LOCAL_PATH_KEYS:
+        if key in shown and shown[key] is not None and (key in ("output_dir", "resume_from_checkpoint")
+                                                        or _is_local(shown[key])):
+            shown[key] = "<local path>"
+    return shown
+
+
+def _dataset_description(config: dict, summary: dict) -> tuple[str, str | None]:
+    """(the data in words, the Hub dataset id if it is one)."""
+    size = f"{config['resolution']}x{config['resolution']}"
+    count = f"{summary['num_train_images']:,} " if summary.get("num_train_images") else ""
+    if config.get("train_data_dir"):
+        return f"a folder of {count}images at {size}.", None
+    dataset = config.get("dataset_name")
+    if dataset == BUILTIN_DATASET:
+        return (f"scikit-learn's handwritten digits (1,797 8x8 grayscale images, UCI optdigits), upscaled to {size}.",
+                None)
+    if _is_local(dataset):
+        return f"a local dataset of {count}images at {size}.", None
+    return f"[`{dataset}`](https://huggingface.co/datasets/{dataset}) ({count}images) at {size}.", dataset
+
+
+def _limitations(folder: Path, config: dict, data: str, class_names: list[str] | None) -> str:
+    """What the model is for and what it cannot do, with this model's own measured figures."""
+    kind = f"class-conditional over {len(class_names)} classes" if class_names else "unconditional"
+    lines = [f"- For generating {config['resolution']}x{config['resolution']} images like its training data "
+             f"({data.rstrip('.')}), {kind}; it knows nothing beyond that data, and takes no text prompt.",
+             "- A small model trained briefly: judge its samples by the figures below before relying on them."]
+    path = folder / "eval.json"
+    if path.exists():
+        result = json.loads(path.read_text())
+        best = min(result["results"], key=lambda r: r["kid"])
+        floor = result.get("real_vs_real", {})
+        line = (f"- Measured ({result['num_samples']} samples, {result['features']} features): best KID "
+                f"{best['kid']:.4f} at {best['steps']} steps")
+        if floor:
+            line += f", against {floor['kid']:.4f} between two halves of the real images"
+        if "recognised" in best and "recognised" in floor:
+            line += (f"; {best['recognised']:.0%} of the samples are recognised with confidence by a held-out "
+                     f"classifier, against {floor['recognised']:.0%} of real held-out images")
+        lines.append(line + ".")
+    else:
+        lines.append("- Not evaluated yet: `python -m denoising_diffusion.evaluate --model <this repo>` measures it.")
+    return "\n".join(lines)
+
+
+def _usage_arguments(class_names: list[str] | None, steps: int, batch: int = 4) -> str:
+    arguments = f"batch_size={batch}"
+    if class_names:
+        labels = [class_names[i % len(class_names)] for i in range(batch)]
+        arguments += f", class_labels={labels!r}, guidance_scale=2.0"
+    return f"{arguments}, num_inference_steps={steps}"
+
+
+def render_model_card(folder: str | Path, repo_id: str | None = None, license: str | None = None):
+    """A `huggingface_hub.ModelCard` for the trained pipeline in `folder` (not yet saved); `repo_id` is
+    the full id of the repo it is for (its snippets load from there), else the folder."""
     from huggingface_hub import ModelCard, ModelCardData
 
     folder = Path(folder)
@@ -43,34 +110,41 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
     summary_path = folder / "training_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     unet = json.loads((folder / "unet" / "config.json").read_text())
-    dataset = config.get("train_data_dir") or config.get("dataset_name")
-    is_hub_dataset = dataset and "/" in str(dataset) and not Path(str(dataset)).exists()
-    if config.get("dataset_name") == "digits" and not config.get("train_data_dir"):
-        dataset_description = ("scikit-learn's handwritten digits (1,797 8x8 grayscale images, UCI optdigits), "
-                               f"upscaled to {config['resolution']}x{config['resolution']}.")
-    else:
-        dataset_description = f"`{dataset}` at {config['resolution']}x{config['resolution']}."
+    index = json.loads((folder / "model_index.json").read_text())
+    names = index.get("class_names") or {}  # stored as {"0": name, ...}
+    class_names = [names[key] for key in sorted(names, key=int)] or None
+    data, hub_dataset = _dataset_description(config, summary)
+    distilled_steps = config["distill_steps"][0] if config.get("teacher") and config.get("distill_steps") else None
+    teacher = config.get("teacher") if distilled_steps else None
     card_data = ModelCardData(
-        library_name="diffusers", pipeline_tag="unconditional-image-generation", license=license,
-        tags=["diffusers", "ddim", "denoising-diffusion", "unconditional-image-generation", "pytorch"],
-        datasets=[dataset] if is_hub_dataset else None,
+        library_name="diffusers", license=license or config.get("hub_license", "apache-2.0"),
+        pipeline_tag="unconditional-image-generation",
+        tags=["diffusers", "ddim", "denoising-diffusion", "unconditional-image-generation", "pytorch"]
+        + (["class-conditional"] if class_names else []),
+        datasets=[hub_dataset] if hub_dataset else None,
+        base_model=teacher if teacher and not _is_local(teacher) else None,
     )
     seconds = summary.get("training_seconds")
-    name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
     schedule = {**config, **(json.loads(scheduler_path.read_text()) if scheduler_path.exists() else {})}
-    distilled_steps = config["distill_steps"][0] if config.get("teacher") and config.get("distill_steps") else None
     description = (f"A continuous-time DDIM (Denoising Diffusion Implicit Model) trained with "
-                   f"[denoising-diffusion](https://pypi.org/project/denoising-diffusion/) on {dataset_description}")
+                   f"[denoising-diffusion](https://pypi.org/project/denoising-diffusion/) on {data}")
     if distilled_steps:
-        description += (f"\n\nA **student of progressive distillation** (Salimans & Ho 2022) for **{distilled_steps} DDIM "
-                        f"step{'s' if distilled_steps > 1 else ''}**: it learned to do in one step what its teacher "
-                        f"(`{config['teacher']}`) does in two. `pipe(...)` samples with {distilled_steps} steps by default "
+        source = f"[`{teacher}`](https://huggingface.co/{teacher})" if not _is_local(teacher) else "a local pipeline"
+        description += (f"\n\nA **student of progressive distillation** (Salimans & Ho 2022) for **{distilled_steps} "
+                        f"DDIM step{'s' if distilled_steps > 1 else ''}**: it learned to do in one step what its teacher "
+                        f"({source}) does in two. `pipe(...)` samples with {distilled_steps} steps by default "
                         "(the pipeline's `distilled_steps`); keep the stored DDIM scheduler and its `timestep_spacing`.")
+    steps = distilled_steps or 20
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE),
-        model_name=name, repo_id=repo_id or str(folder),
-        description=description, distilled_steps=distilled_steps, usage_steps=distilled_steps or 20,
+        model_name=repo_id.split("/")[-1] if repo_id else folder.resolve().name, repo_id=repo_id or str(folder),
+        description=description, distilled_steps=distilled_steps,
+        usage_arguments=_usage_arguments(class_names, steps),
+        usage_arguments_10=_usage_arguments(class_names, 10),
+        class_table="\n".join(f"| {i} | {name} |" for i, name in enumerate(class_names or [])),
+        limitations=_limitations(folder, config, data, class_names),
+        conditioning=f", conditioned on {len(class_names)} classes" if class_names else "",
         grid_image="samples.png", grid_caption=f"{config.get('num_grid_images', 36)} images, "
                                                f"{distilled_steps or config.get('grid_inference_steps', 20)} DDIM "
                                                "steps, fixed noise",
@@ -79,13 +153,12 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         resolution=config["resolution"], channels=config["channels"], schedule=schedule["schedule"],
         min_signal_rate=schedule["min_signal_rate"], max_signal_rate=schedule["max_signal_rate"],
         prediction_type=config["prediction_type"], loss=config["loss"], loss_on=config["loss_on"],
-        ema_decay=_ema_description(config, summary.get("global_step")),
-        dataset_description=dataset_description,
+        ema_decay=_ema_description(config, summary.get("global_step")), dataset_description=data,
         train_steps=summary.get("global_step", "unknown"), batch_size=config["train_batch_size"],
         learning_rate=config["learning_rate"], mixed_precision=config["mixed_precision"],
         training_time=f"{seconds / 60:.1f} minutes" if seconds else "unknown",
         hardware=summary.get("hardware", "unknown hardware"),
-        training_config=yaml.safe_dump(config, sort_keys=False).strip(),
+        training_config=yaml.safe_dump(_public_config(config), sort_keys=False).strip(),
         evaluation=_evaluation_markdown(folder),
     )
 
@@ -113,14 +186,17 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     return path
 
 
-def _card_if_missing(folder: Path, repo_id: str) -> None:
-    if not (folder / "README.md").exists() and (folder / "training_config.yaml").exists():
+def _card_for_repo(folder: Path, repo_id: str) -> None:
+    """The card of a trained folder, rendered for the repo it is pushed to (its full `owner/name`)."""
+    if (folder / "training_config.yaml").exists():
         write_model_card(folder, repo_id)
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,
                 commit_message: str = "Upload trained CosineDDIMPipeline", run_as_future: bool = False):
-    """Upload a trained pipeline folder (code, weights, card, samples; never checkpoints or logs),
-    writing its model card first if it has none. See `pipeline_saving.push_folder`."""
+    """Upload a trained pipeline folder (code, weights, card, samples; never checkpoints or logs). Its
+    model card is first rendered again for the repo, once the Hub has said its full id (an id without
+    owner gets the token's user), so the card's code loads from where it lands. See
+    `pipeline_saving.push_folder`."""
     return upload_pipeline_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
-                                  run_as_future=run_as_future, write_card=_card_if_missing)
+                                  run_as_future=run_as_future, write_card=_card_for_repo)

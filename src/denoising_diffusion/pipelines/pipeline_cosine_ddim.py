@@ -80,6 +80,8 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
             Generated samples are mapped back with `x * image_std + image_mean`, then clipped to [0, 1].
         distilled_steps (`int`, *optional*): for a student of progressive distillation, the number of
             DDIM steps it was distilled for; `__call__` then uses it when `num_inference_steps` is not given.
+        class_names (`list[str]`, *optional*): for a class-conditional UNet, the names of its classes
+            0..N-1 (`class_labels` may then name them).
 
     The UNet and the scheduler must share one noise schedule (`SCHEDULE_KEYS`); that is checked here and
     whenever `pipe.scheduler` or `pipe.unet` is replaced. `from_pretrained` is diffusers' own loader
@@ -91,7 +93,7 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet, scheduler, image_mean: list[float] | None = None, image_std: list[float] | None = None,
-                 distilled_steps: int | None = None):
+                 distilled_steps: int | None = None, class_names: list[str] | None = None):
         super().__init__()
         channels = unet.config.in_channels
         image_mean = [0.5] * channels if image_mean is None else [float(v) for v in image_mean]
@@ -104,8 +106,19 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
         if distilled_steps is not None and (isinstance(distilled_steps, bool) or not isinstance(distilled_steps, int)
                                             or distilled_steps < 1):
             raise ValueError(f"distilled_steps must be an integer >= 1 (or None), got {distilled_steps!r}.")
+        num_classes = None if unet.config.num_class_embeds is None else unet.config.num_class_embeds - 1
+        if class_names is not None:
+            if isinstance(class_names, dict):  # as stored: {"0": name, "1": name, ...}
+                class_names = [class_names[key] for key in sorted(class_names, key=int)]
+            class_names = [str(name) for name in class_names]
+            if len(class_names) != num_classes or len(set(class_names)) != len(class_names):
+                raise ValueError(f"class_names needs {num_classes or 0} distinct names, one per class of the UNet, "
+                                 f"got {class_names}.")
+            # stored as a mapping: diffusers' loader takes every list in model_index.json for a component
+            class_names = {str(i): name for i, name in enumerate(class_names)}
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(image_mean=image_mean, image_std=image_std, distilled_steps=distilled_steps)
+        self.register_to_config(image_mean=image_mean, image_std=image_std, distilled_steps=distilled_steps,
+                                class_names=class_names)
 
     def __setattr__(self, name, value):
         if name in ("unet", "scheduler") and value is not None:
@@ -158,7 +171,7 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
             return None
         if null is None:
             raise ValueError("class_labels were given, but this model is unconditional (its UNet has no num_class_embeds).")
-        labels = torch.as_tensor(class_labels, device=self._execution_device).long().reshape(-1)
+        labels = torch.as_tensor(self._class_indices(class_labels), device=self._execution_device).long().reshape(-1)
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
         if labels.numel() != batch_size:
@@ -166,6 +179,24 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
         if labels.min() < 0 or labels.max() >= null:
             raise ValueError(f"class_labels must be in [0, {null - 1}] for this model, got {labels.tolist()}.")
         return labels
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the classes 0..N-1 of a class-conditional model, if it has them."""
+        names = self.config.get("class_names")
+        return None if names is None else [names[key] for key in sorted(names, key=int)]
+
+    def _class_indices(self, class_labels):
+        """Class names (str) replaced by their indices in `class_names`; other values unchanged."""
+        values = [class_labels] if isinstance(class_labels, str) else class_labels
+        if isinstance(values, (list, tuple)) and any(isinstance(v, str) for v in values):
+            names = self.class_names or []
+            unknown = [v for v in values if isinstance(v, str) and v not in names]
+            if unknown:
+                raise ValueError(f"Unknown class names {unknown}; this model's classes are {names or 'unnamed'} "
+                                 "(or give indices).")
+            values = [names.index(v) if isinstance(v, str) else v for v in values]
+        return values
 
     def predict(self, sample: torch.Tensor, t, labels: torch.Tensor | None = None, guidance_scale: float = 1.0):
         """The UNet's output at time `t`, with classifier-free guidance when `guidance_scale != 1`.
@@ -194,7 +225,7 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         latents: torch.Tensor | None = None,
-        class_labels: int | list[int] | torch.Tensor | None = None,
+        class_labels: int | str | list[int | str] | torch.Tensor | None = None,
         guidance_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images from Gaussian noise.
@@ -214,8 +245,8 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
             latents (`torch.Tensor`, *optional*): the starting noise, shape (B, C, H, W), instead of
                 drawing it (e.g. fixed noise to compare samples across training); its B wins over
                 `batch_size`.
-            class_labels (`int`, list or tensor, *optional*): for class-conditional models, the class
-                of each image (one value is used for all). Omitted: unconditional samples (the model's
+            class_labels (`int`, `str`, list or tensor, *optional*): for class-conditional models, the
+                class of each image, as an index or one of `class_names` (one value is used for all). Omitted: unconditional samples (the model's
                 "no class" embedding, the last one, learned by dropping labels in training).
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance (Ho & Salimans 2022):
                 `uncond + guidance_scale * (cond - uncond)`; 1.0 is plain conditional sampling.

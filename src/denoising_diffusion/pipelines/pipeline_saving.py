@@ -22,6 +22,7 @@ import inspect
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -129,6 +130,31 @@ class SavesCodeMixin:
             push_folder(root, hub_kwargs.get("repo_id") or root.resolve().name, private=hub_kwargs.get("private"),
                         token=hub_kwargs.get("token"), create_pr=hub_kwargs.get("create_pr", False),
                         commit_message=hub_kwargs.get("commit_message") or "Upload pipeline")
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, create_pr: bool = False, safe_serialization: bool = True,
+                    variant: str | None = None):
+        """Save the pipeline (with its code) and upload it to `repo_id` through `push_folder`, with a
+        model card whose code loads it from there (the repo's full `owner/name`)."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
+            return push_folder(folder, repo_id, private=private, token=token, create_pr=create_pr,
+                               commit_message=commit_message or "Upload pipeline", write_card=self._write_usage_card)
+
+    def _write_usage_card(self, folder: Path, repo_id: str) -> None:
+        """A short model card for a pipeline pushed on its own: how to load and sample it."""
+        names = getattr(self, "class_names", None)
+        arguments = "batch_size=4" + (f", class_labels={[names[i % len(names)] for i in range(4)]!r}, "
+                                      "guidance_scale=2.0" if names else "")
+        code = (f"import torch\nfrom denoising_diffusion import {type(self).__name__}\n\n"
+                f"pipe = {type(self).__name__}.from_pretrained({repo_id!r})\n"
+                f"images = pipe({arguments}, generator=torch.Generator().manual_seed(0)).images\n"
+                "images[0].save(\"sample.png\")")
+        text = (f"---\nlibrary_name: diffusers\npipeline_tag: unconditional-image-generation\ntags:\n- diffusers\n"
+                f"- ddim\n- denoising-diffusion\n---\n\n# {repo_id.split('/')[-1]}\n\nA continuous-time DDIM "
+                f"pipeline.\n\n```bash\npip install denoising-diffusion\n```\n\n```python\n{code}\n```\n\n"
+                f"Without the package: `DiffusionPipeline.from_pretrained({repo_id!r}, trust_remote_code=True)`.\n")
+        (Path(folder) / "README.md").write_text(text, encoding="utf-8")
 
     # `from_pretrained` is `DiffusionPipeline.from_pretrained`. A saved folder names its components by
     # the module files it carries (for plain diffusers with `trust_remote_code=True`); when the

@@ -24,6 +24,8 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Folders of interrupted saves and prunes (".checkpoint-STEP.partial", ".checkpoint-STEP.deleting").
 UNFINISHED_CHECKPOINT = re.compile(r"^\.checkpoint-(\d+)\.(partial|deleting)$")
 STATE_FILE = "training_state.json"
+PIPELINE_FILE = "pipeline.json"  # what a pipeline needs besides the weights: configs, image statistics, names
+EMA_FILE = "custom_checkpoint_0.pkl"  # Accelerate's file of the first registered object: the EMA
 
 
 def checkpoint_step(path: Path) -> int:
@@ -83,12 +85,13 @@ class Checkpoints:
     def latest(self) -> Path | None:
         return find_checkpoint(self.output_dir, "latest")
 
-    def save(self, step: int, generator: torch.Generator, state: dict) -> Path:
+    def save(self, step: int, generator: torch.Generator, state: dict, pipeline: dict | None = None) -> Path:
         """Write `checkpoint-STEP` through a temporary folder, rename it into place, then prune.
 
         `state` (JSON-ready: training time, data position, callbacks' state) goes into
-        `training_state.json`. The new checkpoint takes its name only once complete, and old ones
-        are pruned only after that.
+        `training_state.json`, and `pipeline` (what `export_pipeline` needs besides the weights) into
+        `pipeline.json`. The new checkpoint takes its name only once complete, and old ones are
+        pruned only after that.
         """
         accelerator = self.accelerator
         final = self.output_dir / f"checkpoint-{step}"
@@ -100,6 +103,8 @@ class Checkpoints:
         torch.save(generator.get_state(), partial / f"noise_rng_{accelerator.process_index}.pt")
         if accelerator.is_main_process:
             (partial / STATE_FILE).write_text(json.dumps(state))
+            if pipeline is not None:
+                (partial / PIPELINE_FILE).write_text(json.dumps(pipeline, indent=2))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
@@ -124,3 +129,44 @@ class Checkpoints:
         generator.set_state(torch.load(path / f"noise_rng_{self.accelerator.process_index}.pt"))
         state_file = path / STATE_FILE
         return json.loads(state_file.read_text()) if state_file.exists() else {}
+
+
+def export_pipeline(checkpoint: str | Path, output_dir: str | Path, ema_weights: bool = True) -> Path:
+    """Turn `checkpoint-STEP` into a saved pipeline in `output_dir` (with the EMA weights when the run
+    kept them), loadable like a finished run's; the run's `training_config.yaml` comes along, so
+    `python -m denoising_diffusion.hub card/push` work on it."""
+    from safetensors.torch import load_file
+
+    from ..models.unet_continuous import ContinuousUNet2DModel
+    from ..pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
+    from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
+
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    if not checkpoint.is_dir() or not CHECKPOINT.match(checkpoint.name):
+        raise ConfigError(f"{str(checkpoint)!r} is not a checkpoint-STEP folder.")
+    if not (checkpoint / PIPELINE_FILE).exists():
+        raise ConfigError(f"{checkpoint} has no {PIPELINE_FILE}: it was written by a version that did not record the "
+                          "pipeline's settings, so it cannot be exported; resume it for a step and export the new one.")
+    spec = json.loads((checkpoint / PIPELINE_FILE).read_text())
+    unet = ContinuousUNet2DModel.from_config(spec["unet"])
+    unet.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    if ema_weights and (checkpoint / EMA_FILE).exists():
+        shadow = torch.load(checkpoint / EMA_FILE, weights_only=True)["shadow_params"]
+        with torch.no_grad():
+            for parameter, value in zip(unet.parameters(), shadow, strict=True):
+                parameter.copy_(value)
+    pipe = CosineDDIMPipeline(unet.eval(), CosineDDIMScheduler.from_config(spec["scheduler"]),
+                              image_mean=spec["image_mean"], image_std=spec["image_std"],
+                              distilled_steps=spec.get("distilled_steps"), class_names=spec.get("class_names"))
+    pipe.save_pretrained(output_dir)
+    run_config = checkpoint.parent / "training_config.yaml"
+    if run_config.exists() and run_config.resolve() != (output_dir / "training_config.yaml").resolve():
+        shutil.copyfile(run_config, output_dir / "training_config.yaml")
+    state_file = checkpoint / STATE_FILE
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    summary = {"global_step": checkpoint_step(checkpoint), "exported_from": checkpoint.name,
+               "num_parameters": sum(p.numel() for p in unet.parameters()), **spec.get("summary", {})}
+    if "training_seconds" in state:
+        summary["training_seconds"] = round(state["training_seconds"], 1)
+    (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return output_dir

@@ -1,5 +1,7 @@
-"""The model and scheduler a training config describes, built the same way wherever they are needed
-(the trainer, the sweep, the benchmarks)."""
+"""The model, scheduler and precision a training config describes, built the same way wherever they
+are needed (the trainer, the sweep, the benchmarks)."""
+
+import torch
 
 from ..models.unet_continuous import ContinuousUNet2DModel
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
@@ -27,3 +29,13 @@ def build_scheduler(config: TrainingConfig) -> CosineDDIMScheduler:
         schedule=config.schedule, min_signal_rate=config.min_signal_rate, max_signal_rate=config.max_signal_rate,
         prediction_type=config.prediction_type,
     )
+
+
+def resolve_mixed_precision(value: str) -> str:
+    """`mixed_precision` as Accelerate takes it: 'auto' becomes bf16 on a GPU that has it, fp16 on
+    another GPU, and 'no' (fp32) on a CPU, where half precision is emulated or not applied."""
+    if value != "auto":
+        return value
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"

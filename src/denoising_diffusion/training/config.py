@@ -6,6 +6,7 @@ Names follow diffusers' example scripts (`train_unconditional.py`) where they ex
 import dataclasses
 import difflib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -17,7 +18,7 @@ from ..models.compile import check_compile_options
 LOSSES = ("mae", "mse")
 LOSS_TARGETS = ("noise", "image", "velocity")
 NORMALIZATIONS = ("minus_one_one", "dataset")
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
+MIXED_PRECISIONS = ("no", "fp16", "bf16", "auto")
 BUILTIN_DATASET = "digits"
 SECRET_FIELDS = ("hub_token",)
 
@@ -52,7 +53,17 @@ class TrainingConfig:
         default=None, metadata={"help": "A folder of images (imagefolder); used instead of dataset_name."}
     )
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column: Optional[str] = field(default=None, metadata={"help": "Column holding class labels, if any."})
+    label_column: Optional[str] = field(
+        default=None,
+        metadata={"help": "Column holding class labels: trains a class-conditional model (unet.num_class_embeds is "
+                          "inferred: classes + 1 for 'no class'). 'auto': the 'label' column of an image folder "
+                          "with class subfolders, if it has one."},
+    )
+    class_names: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Names of the classes 0..N-1, stored in the pipeline (default: the label column's "
+                          "ClassLabel names, e.g. an image folder's subfolder names)."},
+    )
     resolution: int = field(default=16, metadata={"help": "Images are resized (and cropped) to this square size."})
     center_crop: bool = field(
         default=True, metadata={"help": "Center-crop after resizing (as the Keras DDIM example; images decoded once) or random crop."}
@@ -129,7 +140,9 @@ class TrainingConfig:
 
     # -- hardware
     mixed_precision: str = field(
-        default="no", metadata={"help": "'no', 'fp16' or 'bf16' (on a CPU only with AVX512-BF16/AMX; emulated otherwise)."}
+        default="no",
+        metadata={"help": "'no', 'fp16', 'bf16' (on a CPU only with AVX512-BF16/AMX; emulated otherwise) or 'auto': "
+                          "bf16 on a GPU that has it, else fp16 on a GPU, else fp32 ('no')."}
     )
     channels_last: bool = field(
         default=False,
@@ -151,7 +164,11 @@ class TrainingConfig:
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
     # -- outputs
-    output_dir: str = field(default="outputs/digits", metadata={"help": "Where checkpoints and the pipeline go."})
+    output_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where checkpoints and the pipeline go (default: outputs/<name of the data>, e.g. "
+                          "outputs/digits, outputs/my_images for --train_data_dir ~/my_images)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train anew in an output_dir that holds an earlier run: its checkpoints and sample grids are "
@@ -179,6 +196,7 @@ class TrainingConfig:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final pipeline, card and samples."})
     hub_model_id: Optional[str] = field(default=None, metadata={"help": "Repo id (default: output_dir's name)."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the repo private."})
+    hub_license: str = field(default="apache-2.0", metadata={"help": "The license in the model card (a Hub license id)."})
     hub_token: Optional[str] = field(
         default=None, metadata={"help": "Hub token (default: HF_TOKEN or the stored login); never written to disk."}
     )
@@ -187,6 +205,8 @@ class TrainingConfig:
     )
 
     def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = str(Path("outputs") / data_name(self))
         if isinstance(self.unet, str):
             self.unet = json.loads(self.unet)
         given = dict(self.unet or {})
@@ -261,6 +281,41 @@ class TrainingConfig:
         return values
 
 
+def _merge_unet_override(args: list[str], base: dict) -> list[str]:
+    """`--unet '{...}'` on the command line updates the config file's `unet` section key by key (new widths
+    alone also drop the file's block types, which then follow the new number of levels)."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "--unet" and i + 1 < len(args):
+            value, where = args[i + 1], i + 1
+        elif arg.startswith("--unet="):
+            value, where = arg.split("=", 1)[1], i
+        if value is None:
+            continue
+        try:
+            given = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--unet {value!r} is not a JSON mapping: {error}") from error
+        if not isinstance(given, dict):
+            raise ConfigError(f"--unet {value!r} is not a JSON mapping of UNet arguments.")
+        merged = dict(base)
+        if "block_out_channels" in given and len(given["block_out_channels"]) != len(base.get("block_out_channels", [])):
+            for key in ("down_block_types", "up_block_types"):
+                if key not in given:
+                    merged.pop(key, None)
+        merged.update(given)
+        merged = json.dumps(merged)
+        args[where] = merged if arg == "--unet" else f"--unet={merged}"
+    return args
+
+
+def data_name(config: "TrainingConfig") -> str:
+    """A short name for the training data: the image folder's name, or the dataset's (its last part)."""
+    source = config.train_data_dir or config.dataset_name or "data"
+    return Path(str(source).rstrip("/\\")).expanduser().name or "data"
+
+
 def _field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainingConfig)]
 
@@ -277,7 +332,7 @@ def parse_config(argv: list[str] | None = None) -> TrainingConfig:
 
     parser = HfArgumentParser(TrainingConfig, description="Train a continuous-time DDIM with Accelerate.")
     parser.add_argument("--config", type=str, default=None, help="YAML file with config keys.")
-    args = list(argv) if argv is not None else None
+    args = list(argv) if argv is not None else sys.argv[1:]
     known, _ = parser.parse_known_args(args)
     if known.config:
         path = Path(known.config)
@@ -290,6 +345,8 @@ def parse_config(argv: list[str] | None = None) -> TrainingConfig:
             if key not in _field_names():
                 raise _unknown_key_error(key, str(path))
         parser.set_defaults(**values)
+        if isinstance(values.get("unet"), dict):
+            args = _merge_unet_override(args, values["unet"])
     outputs = parser.parse_args_into_dataclasses(args, return_remaining_strings=True)
     config, remaining = outputs[0], outputs[-1]  # between them: a namespace holding --config
     flags = [r for r in remaining if r.startswith("--")]

@@ -59,6 +59,9 @@ def load_raw_dataset(config: TrainingConfig):
         raise ConfigError(f"Could not load the dataset {source!r}: {error}") from error
 
     columns = list(dataset.column_names or [])
+    if config.label_column == "auto":  # an image folder's class subfolders, if it has them
+        feature = (dataset.features or {}).get("label")
+        config.label_column = "label" if type(feature).__name__ == "ClassLabel" and feature.num_classes > 1 else None
     if not config.streaming and len(dataset) == 0:
         raise ConfigError(f"The dataset {source!r} (split {config.dataset_split!r}) is empty.")
     for role, column in (("image_column", config.image_column), ("label_column", config.label_column)):
@@ -219,9 +222,11 @@ class TrainingImages:
     right sampler.
     """
 
-    def __init__(self, dataset, streaming: bool, label_column: str | None, labels_source=None):
+    def __init__(self, dataset, streaming: bool, label_column: str | None, labels_source=None,
+                 class_names: list[str] | None = None):
         self.dataset, self.streaming, self.label_column = dataset, streaming, label_column
         self._labels_source = labels_source  # undecoded data holding the label column (random crops)
+        self.class_names = class_names  # the label column's ClassLabel names, if it has them
 
     @property
     def num_examples(self) -> int | None:
@@ -281,17 +286,20 @@ def prepare_dataset(config: TrainingConfig) -> TrainingImages:
     _check_channels(_open_image(first[config.image_column], "at index 0"), config.channels, "at index 0")
     keep = [c for c in (config.image_column, config.label_column) if c]
     decode = ImageDecoder(config)
+    feature = (raw.features or {}).get(config.label_column) if config.label_column else None
+    names = list(feature.names) if type(feature).__name__ == "ClassLabel" else None
     if config.streaming:
         raw = raw.select_columns(keep).shuffle(seed=config.seed, buffer_size=1000)
         # `with_indices` counts from 0 in each pass over the (reshuffled) stream.
         dataset = raw.map(StreamDecoder(decode, config.seed), batched=True, with_indices=True, remove_columns=keep)
-        return TrainingImages(dataset.with_format("torch"), True, config.label_column)
+        return TrainingImages(dataset.with_format("torch"), True, config.label_column, class_names=names)
     if config.center_crop:
         dataset = raw.map(decode, batched=True, with_indices=True, remove_columns=raw.column_names,
                           desc="Decoding images")
-        return TrainingImages(dataset.with_format("torch"), False, config.label_column)
+        return TrainingImages(dataset.with_format("torch"), False, config.label_column, class_names=names)
     raw = raw.select_columns(keep)
-    return TrainingImages(RandomCropDataset(raw, decode, config.seed), False, config.label_column, labels_source=raw)
+    return TrainingImages(RandomCropDataset(raw, decode, config.seed), False, config.label_column, labels_source=raw,
+                          class_names=names)
 
 
 def pixel_statistics(images: TrainingImages, config: TrainingConfig) -> tuple[list[float], list[float]]:

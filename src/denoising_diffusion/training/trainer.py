@@ -37,7 +37,7 @@ from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .callbacks import Callback, HubPushes, KIDEvaluation, SampleGrids, Throughput
 from .checkpoints import (Checkpoints, check_output_dir, checkpoint_step, find_checkpoint, remove_previous_run,
                           remove_unfinished_checkpoints)
-from .components import build_scheduler, build_unet
+from .components import build_scheduler, build_unet, resolve_mixed_precision
 from .config import ConfigError, TrainingConfig
 from .data import check_labels, pixel_statistics, prepare_dataset
 from .monitor import LossMonitor
@@ -63,6 +63,7 @@ class Trainer:
                  unet: ContinuousUNet2DModel | None = None, noise_scheduler: CosineDDIMScheduler | None = None,
                  image_stats: tuple[list[float], list[float]] | None = None):
         self.config = config
+        config.mixed_precision = resolve_mixed_precision(config.mixed_precision)  # recorded as trained
         self.output_dir = Path(config.output_dir)
         self.started, self.previous_seconds, self.micro_batch = time.perf_counter(), 0.0, 0
         self.accelerator = accelerator = Accelerator(
@@ -73,18 +74,22 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         replace_previous_run = check_output_dir(self.output_dir, config)
+        with accelerator.main_process_first():  # the others then read the decoded data from datasets' cache
+            self.images = prepare_dataset(config)
+        if unet is None and config.label_column is not None and config.unet.get("num_class_embeds") is None:
+            config.unet["num_class_embeds"] = self._number_of_classes() + 1  # the last one means "no class"
         set_seed(config.seed)
         self.objective = (objective or DiffusionObjective.from_config(config)).to(accelerator.device)
         self.unet = unet if unet is not None else build_unet(config)
         self.noise_scheduler = noise_scheduler if noise_scheduler is not None else build_scheduler(config)
-        with accelerator.main_process_first():  # the others then read the decoded data from datasets' cache
-            self.images = prepare_dataset(config)
         self.image_mean, self.image_std = image_stats or self._image_statistics()
         num_class_embeds = self.unet.config.num_class_embeds  # its last embedding means "no class"
         self.null_class_label = None if num_class_embeds is None else num_class_embeds - 1
         self.use_labels = config.label_column is not None and num_class_embeds is not None
+        self.class_names = None
         if self.use_labels:
             check_labels(self.images.labels(), config.label_column, self.null_class_label)
+            self.class_names = self._class_names()
         self._prepare_model_and_data()
         self.generator = torch.Generator(device=accelerator.device).manual_seed(
             config.seed + 1000 * accelerator.process_index + 1
@@ -98,6 +103,18 @@ class Trainer:
         accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ set-up (all checks first)
+    def _number_of_classes(self) -> int:
+        """How many classes `label_column` has: its names (ClassLabel or `class_names`), else the largest label + 1."""
+        names = self.config.class_names or self.images.class_names
+        return len(names) if names else int(self.images.labels().max()) + 1
+
+    def _class_names(self) -> list[str] | None:
+        names = self.config.class_names or self.images.class_names
+        if names is not None and len(names) != self.null_class_label:
+            raise ConfigError(f"class_names has {len(names)} names ({names}), but the UNet has {self.null_class_label} "
+                              "classes (unet.num_class_embeds - 1); give one name per class.")
+        return [str(name) for name in names] if names is not None else None
+
     def _image_statistics(self) -> tuple[list[float], list[float]]:
         if self.config.normalization == "dataset":
             return pixel_statistics(self.images, self.config)
@@ -186,7 +203,12 @@ class Trainer:
         state = {"training_seconds": self.training_seconds(), **position}
         for callback in self.callbacks:
             state.update(callback.state_dict())
-        return self.checkpoints.save(step, self.generator, state)
+        unet = self.accelerator.unwrap_model(self.unet)
+        pipeline = {"unet": dict(unet.config), "scheduler": dict(self.noise_scheduler.config),
+                    "image_mean": self.image_mean, "image_std": self.image_std,
+                    "distilled_steps": self.objective.distilled_steps, "class_names": self.class_names,
+                    "summary": {"hardware": self.hardware(), "num_train_images": self.images.num_examples}}
+        return self.checkpoints.save(step, self.generator, state, json.loads(json.dumps(pipeline, default=list)))
 
     def resume(self) -> tuple[int, int, int]:
         """Restore the checkpoint `resume_from_checkpoint` names.
@@ -231,9 +253,15 @@ class Trainer:
         pipe = CosineDDIMPipeline(copy.to(self.accelerator.device).eval(),
                                   CosineDDIMScheduler.from_config(self.noise_scheduler.config),
                                   image_mean=self.image_mean, image_std=self.image_std,
-                                  distilled_steps=self.objective.distilled_steps)
+                                  distilled_steps=self.objective.distilled_steps, class_names=self.class_names)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def hardware(self) -> str:
+        """What this run trains on, e.g. 'NVIDIA H100 80GB HBM3 x 8 processes, bf16'."""
+        precision = self.accelerator.mixed_precision
+        return describe_device(self.accelerator.device, self.accelerator.num_processes,
+                               "fp32" if precision == "no" else precision)
 
     def write(self, message: str) -> None:
         """A line printed without breaking the progress bar."""
@@ -351,9 +379,8 @@ class Trainer:
             callback.on_save(self, pipe)
         summary = {
             "global_step": global_step, "training_seconds": round(self.training_seconds(), 1),
-            "hardware": describe_device(self.accelerator.device, self.accelerator.num_processes,
-                                        "fp32" if self.accelerator.mixed_precision == "no" else self.accelerator.mixed_precision),
-            "num_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+            "hardware": self.hardware(), "num_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+            "num_train_images": self.images.num_examples,
             "image_mean": self.image_mean, "image_std": self.image_std,
         }
         for callback in self.callbacks:
