@@ -132,8 +132,10 @@ def _parquet_dataset(folder, rows=24):
 def test_parquet_dataset_by_path_with_other_column_names(tmp_path, streaming):
     data = _parquet_dataset(tmp_path / "data")
     extra = ["--streaming"] if streaming else []
+    # the 24 digits are classes 0..23: a stream needs their number given (+1 for "no class")
+    unet = '{"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "num_class_embeds": 25}'
     out = train(config_for(tmp_path, "--dataset_name", data, "--image_column", "img", "--label_column", "digit",
-                           "--max_train_steps", 2, *extra))
+                           "--max_train_steps", 2, "--unet", unet, *extra))
     assert (out / "model_index.json").exists()
 
 

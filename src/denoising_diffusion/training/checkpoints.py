@@ -46,9 +46,53 @@ def find_checkpoint(output_dir: Path, which: str) -> Path | None:
     return output_dir / f"checkpoint-{max(steps)}" if steps else None
 
 
+def resume_target(output_dir: Path, which: str | None) -> Path | None:
+    """The checkpoint `resume_from_checkpoint` names, checked before anything is written: None to start
+    anew. A finished run with no checkpoint is never trained over, and an incomplete folder is refused."""
+    if not which:
+        return None
+    path = find_checkpoint(output_dir, which)
+    if path is None:
+        if (output_dir / "model_index.json").exists():
+            raise ConfigError(
+                f"resume_from_checkpoint={which!r}, but {str(output_dir)!r} holds a finished pipeline and no checkpoint: "
+                "there is nothing to resume, and training anew would replace the model. Pass --overwrite_output_dir to "
+                "train anew, or another output_dir."
+            )
+        return None
+    if not any((path / name).exists() for name in ("model.safetensors", "pytorch_model.bin")):
+        raise ConfigError(f"{path} is incomplete: it holds no model weights (model.safetensors); resume from "
+                          "another checkpoint-STEP, or delete this folder.")
+    return path
+
+
+def check_checkpoint_fits(path: Path, unet_config) -> None:
+    """Refuse a checkpoint of another model (other widths, channels, classes), naming what differs."""
+    spec_file = path / PIPELINE_FILE
+    if not spec_file.exists():
+        return  # written before checkpoints recorded their model: Accelerate's loading checks the shapes
+    saved = json.loads(spec_file.read_text())["unet"]
+    keys = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "in_channels",
+            "out_channels", "sample_size", "num_class_embeds", "norm_num_groups")
+    differ = [k for k in keys if k in saved and _plain(saved[k]) != _plain(unet_config.get(k))]
+    if differ:
+        raise ConfigError(f"{path} is a checkpoint of another model: " + ", ".join(
+            f"{k}={saved[k]!r} there, {_plain(unet_config.get(k))!r} in this config" for k in differ)
+            + ". Resume with the settings it was trained with, or train anew in another output_dir.")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def check_output_dir(output_dir: Path, config: TrainingConfig) -> bool:
     """Refuse to train over an earlier run by accident; True when an earlier run is to be replaced
     (`overwrite_output_dir`)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {str(output_dir)!r} is a file, not a folder; choose another output_dir.")
+    writable = next((p for p in (output_dir, *output_dir.resolve().parents) if p.exists()), None)
+    if writable is not None and not os.access(writable, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {str(output_dir)!r} cannot be written ({writable} is read-only); choose another.")
     existing = output_dir.is_dir() and (
         (output_dir / "model_index.json").exists() or find_checkpoint(output_dir, "latest") is not None
     )

@@ -1,7 +1,11 @@
 """The model, scheduler and precision a training config describes, built the same way wherever they
 are needed (the trainer, the sweep, the benchmarks)."""
 
+import difflib
+import inspect
+
 import torch
+from diffusers import UNet2DModel
 
 from ..models.unet_continuous import ContinuousUNet2DModel
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
@@ -10,11 +14,20 @@ from .config import ConfigError, TrainingConfig
 
 def build_unet(config: TrainingConfig) -> ContinuousUNet2DModel:
     """A freshly initialised `ContinuousUNet2DModel` for the config's data, schedule and `unet` section."""
-    unet = ContinuousUNet2DModel(
-        sample_size=config.resolution, in_channels=config.channels, out_channels=config.channels,
-        schedule=config.schedule, min_signal_rate=config.min_signal_rate, max_signal_rate=config.max_signal_rate,
-        **config.unet,
-    )
+    known = set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}
+    unknown = sorted(set(config.unet) - known)
+    if unknown:
+        close = {key: difflib.get_close_matches(key, sorted(known), n=1) for key in unknown}
+        hints = ", ".join(f"{key!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for key, m in close.items())
+        raise ConfigError(f"Unknown key(s) in the unet section: {hints}; it takes UNet2DModel's arguments.")
+    try:
+        unet = ContinuousUNet2DModel(
+            sample_size=config.resolution, in_channels=config.channels, out_channels=config.channels,
+            schedule=config.schedule, min_signal_rate=config.min_signal_rate, max_signal_rate=config.max_signal_rate,
+            **config.unet,
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"The unet section {config.unet} does not make a UNet: {error}") from error
     if config.resolution % unet.downsample_factor:
         raise ConfigError(
             f"resolution={config.resolution} is not divisible by {unet.downsample_factor}, the UNet's downsampling "
@@ -34,6 +47,9 @@ def build_scheduler(config: TrainingConfig) -> CosineDDIMScheduler:
 def resolve_mixed_precision(value: str) -> str:
     """`mixed_precision` as Accelerate takes it: 'auto' becomes bf16 on a GPU that has it, fp16 on
     another GPU, and 'no' (fp32) on a CPU, where half precision is emulated or not applied."""
+    if value == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision='fp16' needs a GPU: on a CPU Accelerate would train in fp32 all the same; "
+                          "use 'bf16' (fast only with AVX512-BF16/AMX), 'auto' or 'no'.")
     if value != "auto":
         return value
     if torch.cuda.is_available():

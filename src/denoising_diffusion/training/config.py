@@ -19,6 +19,8 @@ LOSSES = ("mae", "mse")
 LOSS_TARGETS = ("noise", "image", "velocity")
 NORMALIZATIONS = ("minus_one_one", "dataset")
 MIXED_PRECISIONS = ("no", "fp16", "bf16", "auto")
+# diffusers.optimization's schedules (piecewise_constant needs a rule this config cannot give)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 BUILTIN_DATASET = "digits"
 SECRET_FIELDS = ("hub_token",)
 
@@ -238,6 +240,7 @@ class TrainingConfig:
                 f"checkpoints_total_limit={self.checkpoints_total_limit} is not valid; expected an integer >= 1 "
                 "(or unset to keep every checkpoint): resuming needs at least the newest one."
             )
+        self._check_optimisation_and_output_options()
         if self.max_train_steps is not None and self.max_train_steps < 1:
             raise ConfigError(f"max_train_steps={self.max_train_steps} is not valid; expected an integer >= 1.")
         if not 0.0 <= self.cond_drop_prob < 1.0:
@@ -272,6 +275,27 @@ class TrainingConfig:
                 raise ConfigError(
                     f"unet.{name} is set from channels/resolution; remove it from the unet section."
                 )
+
+    def _check_optimisation_and_output_options(self) -> None:
+        """The optimiser, data-loading and output options in range, each named when it is not."""
+        at_least = {"num_grid_images": 1, "normalization_samples": 1, "dataloader_num_workers": 0, "lr_warmup_steps": 0,
+                    "eval_every_epochs": 0, "eval_num_samples": 2, "eval_inference_steps": 1}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name}={getattr(self, name)} is not valid; expected an integer >= {low}.")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ConfigError(f"max_train_samples={self.max_train_samples} is not valid; expected an integer >= 1 "
+                              "(or unset for every example).")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} is not valid; expected a positive number.")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} is not valid; expected a value in [0, 1).")
+        if self.adam_weight_decay < 0 or not self.adam_epsilon > 0 or self.max_grad_norm < 0:
+            raise ConfigError(f"adam_weight_decay={self.adam_weight_decay}, adam_epsilon={self.adam_epsilon} and "
+                              f"max_grad_norm={self.max_grad_norm} must be >= 0, > 0 and >= 0.")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError(f"lr_scheduler={self.lr_scheduler!r} is not valid; expected one of {LR_SCHEDULERS}.")
 
     def to_dict(self) -> dict:
         """Every setting except secrets (the Hub token never lands in files, logs or cards)."""
@@ -338,7 +362,10 @@ def parse_config(argv: list[str] | None = None) -> TrainingConfig:
         path = Path(known.config)
         if not path.is_file():
             raise ConfigError(f"Config file {str(path)!r} does not exist.")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from error
         if not isinstance(values, dict):
             raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values.")
         for key in values:

@@ -35,8 +35,8 @@ from ..pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from ..publishing import write_model_card
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .callbacks import Callback, HubPushes, KIDEvaluation, SampleGrids, Throughput
-from .checkpoints import (Checkpoints, check_output_dir, checkpoint_step, find_checkpoint, remove_previous_run,
-                          remove_unfinished_checkpoints)
+from .checkpoints import (Checkpoints, check_checkpoint_fits, check_output_dir, checkpoint_step, remove_previous_run,
+                          remove_unfinished_checkpoints, resume_target)
 from .components import build_scheduler, build_unet, resolve_mixed_precision
 from .config import ConfigError, TrainingConfig
 from .data import check_labels, pixel_statistics, prepare_dataset
@@ -74,6 +74,7 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         replace_previous_run = check_output_dir(self.output_dir, config)
+        self.resume_path = resume_target(self.output_dir, config.resume_from_checkpoint)
         with accelerator.main_process_first():  # the others then read the decoded data from datasets' cache
             self.images = prepare_dataset(config)
         if unet is None and config.label_column is not None and config.unet.get("num_class_embeds") is None:
@@ -94,6 +95,8 @@ class Trainer:
         self.generator = torch.Generator(device=accelerator.device).manual_seed(
             config.seed + 1000 * accelerator.process_index + 1
         )
+        if self.resume_path is not None:
+            check_checkpoint_fits(self.resume_path, self.accelerator.unwrap_model(self.unet).config)
         self.checkpoints = Checkpoints(accelerator, self.output_dir, config.checkpoints_total_limit)
         self.callbacks = self._builtin_callbacks() + list(callbacks)
         self.stats = tuple(torch.tensor(v, device=accelerator.device).view(1, -1, 1, 1)
@@ -106,7 +109,13 @@ class Trainer:
     def _number_of_classes(self) -> int:
         """How many classes `label_column` has: its names (ClassLabel or `class_names`), else the largest label + 1."""
         names = self.config.class_names or self.images.class_names
-        return len(names) if names else int(self.images.labels().max()) + 1
+        if names:
+            return len(names)
+        if self.images.streaming:
+            raise ConfigError(f"label_column={self.config.label_column!r} of a stream has no ClassLabel names, so its "
+                              "number of classes is not known before training: set class_names, or "
+                              "unet.num_class_embeds (the number of classes + 1).")
+        return int(self.images.labels().max()) + 1
 
     def _class_names(self) -> list[str] | None:
         names = self.config.class_names or self.images.class_names
@@ -216,11 +225,10 @@ class Trainer:
         Returns `(global_step, epoch, batches_in_epoch)`: where training and the data stand
         (zeros when starting anew).
         """
-        if not self.config.resume_from_checkpoint:
-            return 0, 0, 0
-        path = find_checkpoint(self.output_dir, self.config.resume_from_checkpoint)
+        path = self.resume_path
         if path is None:
-            logger.warning("No checkpoint in %s; starting a new run.", self.output_dir)
+            if self.config.resume_from_checkpoint:
+                logger.warning("No checkpoint in %s; starting a new run.", self.output_dir)
             return 0, 0, 0
         state = self.checkpoints.load(path, self.generator)
         if self.ema is not None:  # load_state restores registered objects on the CPU
