@@ -24,6 +24,7 @@ class FakeHub:
         self.repos: dict[str, dict] = {}  # repo_id -> {"files": {path: bytes}, "commits": [oid], "private": bool}
         self.requests: list[dict] = []
         self.fail_commits = False
+        self.unavailable = 0  # the next N repo creations and commits answer 503 (a transient outage)
         self.user = "tester"  # whom any token belongs to: the owner of repos created without one
         hub = self
 
@@ -57,6 +58,9 @@ class FakeHub:
                 body = self._body()
                 self._record(body)
                 path = urlparse(self.path).path
+                if hub.unavailable > 0 and (path == "/api/repos/create" or "/commit/" in path):
+                    hub.unavailable -= 1
+                    return self._send(503, {"error": "simulated outage"})
                 if path == "/api/repos/create":
                     data = json.loads(body)
                     # as the Hub does: a name without an owner goes to the token's user
@@ -85,7 +89,7 @@ class FakeHub:
                     # fail_commits: True fails every commit; a string fails those whose summary contains it.
                     if hub.fail_commits is True or (isinstance(hub.fail_commits, str)
                                                     and hub.fail_commits in header.get("summary", "")):
-                        return self._send(500, {"error": "simulated server failure"})
+                        return self._send(403, {"error": "simulated refusal"})  # permanent: not retried
                     for line in body.decode().splitlines():
                         item = json.loads(line)
                         if item["key"] == "file":

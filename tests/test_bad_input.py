@@ -4,6 +4,8 @@ a resume never destroys a finished model or the record of how it was trained."""
 import json
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -90,3 +92,91 @@ def test_a_checkpoint_records_the_model_it_holds(tmp_path):
     out = train(config_for(tmp_path, "--max_train_steps", 2, "--checkpointing_steps", 2))
     spec = json.loads((out / "checkpoint-2" / "pipeline.json").read_text())
     assert spec["unet"]["block_out_channels"] == [8, 16] and len(spec["image_mean"]) == 1
+
+
+def test_pipeline_arguments_that_would_be_wrong_or_fail_deep_inside_are_refused(trained):
+    from denoising_diffusion import CosineDDIMPipeline
+
+    pipe = CosineDDIMPipeline.from_pretrained(trained)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"eta must be >= 0 .*got -0.5"):
+        pipe(eta=-0.5, num_inference_steps=2)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got -1"):
+        pipe(batch_size=-1, num_inference_steps=2)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or a list of them.*got 0"):
+        pipe(generator=0, num_inference_steps=2)
+    with pytest.raises(ValueError, match="guidance_scale=3.0 needs class_labels"):
+        pipe(guidance_scale=3.0, num_inference_steps=2)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    as_numpy = pipe(latents=noise.numpy(), num_inference_steps=2, output_type="pt").images
+    torch.testing.assert_close(as_numpy, pipe(latents=noise, num_inference_steps=2, output_type="pt").images)
+    images = pipe(latents=noise, num_inference_steps=2, output_type="pt").images
+    with pytest.raises(ValueError, match=r"invert\(\) needs images in \[0, 1\], got values from 0 to 255"):
+        pipe.invert(torch.linspace(0, 255, 128).reshape(2, 1, 8, 8), num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"needs images shaped \(B, 1, H, W\) for this 1-channel model, got \(2, 3, 8, 8\)"):
+        pipe.invert(images.repeat(1, 3, 1, 1), num_inference_steps=2)
+
+
+def test_fractional_class_labels_are_refused_by_the_pipeline():
+    from conftest import tiny_unet
+    from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
+
+    pipe = CosineDDIMPipeline(tiny_unet(num_class_embeds=4), CosineDDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"class_labels must be whole numbers .*got 1.7"):
+        pipe(class_labels=1.7, num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"Unknown class names \['1'\]; this model's classes are unnamed"):
+        pipe(class_labels="1", num_inference_steps=2)
+    pipe(class_labels=2.0, num_inference_steps=1)  # a whole number is an index
+
+
+@pytest.mark.parametrize("labels, bad", [(["0", "b"], "'b'"), ([0, None], "None"), ([0.0, float("nan")], "nan"),
+                                         ([0.0, 1.5], "1.5")])
+def test_labels_that_are_not_integers_are_named_before_training(tmp_path, labels, bad):
+    from datasets import Dataset, Features, Image, Value
+
+    rng = np.random.default_rng(0)
+    images = [PIL.Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), mode="L") for _ in range(8)]
+    values = (labels * 4)[:8]
+    kind = Value("string") if isinstance(labels[0], str) else Value("float64") if isinstance(labels[0], float) \
+        else Value("int64")
+    (tmp_path / "data").mkdir()
+    Dataset.from_dict({"img": images, "y": values}, features=Features({"img": Image(), "y": kind})
+                      ).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    with pytest.raises(ConfigError, match=f"The label at index 1 of label_column='y' is {bad}; class labels must be "
+                                          "integers"):
+        train(config_for(tmp_path, "--dataset_name", tmp_path / "data", "--image_column", "img", "--label_column", "y",
+                         "--max_train_steps", 1))
+    assert not (tmp_path / "run").exists()
+
+
+def _png_folder(folder, modes):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, mode in enumerate(modes):
+        shape = (10, 10) if mode == "L" else (10, 10, 4 if mode == "RGBA" else 3)
+        PIL.Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode=mode).save(folder / f"{i}.png")
+    return folder
+
+
+def test_channels_are_checked_on_every_image_and_transparency_is_composited(tmp_path):
+    mixed = _png_folder(tmp_path / "mixed", ["L", "RGB", "L", "RGB"])  # a gray image first
+    with pytest.raises(ConfigError, match=r"channels=1 but the image at index \d is RGB \(3 channels\): training "
+                                          "would turn the colour images gray; set channels: 3"):
+        train(config_for(tmp_path, "--train_data_dir", mixed, "--channels", 1, "--max_train_steps", 1))
+    train(config_for(tmp_path, "--train_data_dir", mixed, "--channels", 3, "--max_train_steps", 1, name="rgb"))
+
+    from denoising_diffusion.training.decoding import image_to_tensor
+
+    clear = PIL.Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent, hidden colour black
+    pixels = image_to_tensor(clear, parse_config(["--channels", "3", "--resolution", "8"]), None)
+    assert int(pixels.min()) == 255  # composited on white, not the hidden black
+
+
+def test_an_unreadable_image_is_found_before_training_with_random_crops(tmp_path):
+    folder = _png_folder(tmp_path / "images", ["RGB"] * 6)
+    (folder / "3.png").write_bytes(PIL.Image.new("RGB", (10, 10)).tobytes()[:20])  # not a PNG
+    with pytest.raises(ConfigError, match=r"Cannot read the image at index \d+"):
+        train(config_for(tmp_path, "--train_data_dir", folder, "--channels", 3, "--no_center_crop",
+                         "--normalization", "minus_one_one", "--max_train_steps", 1))
+    assert not (tmp_path / "run").exists()

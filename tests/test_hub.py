@@ -150,3 +150,23 @@ def test_a_failed_checkpoint_push_still_pushes_the_final_pipeline_and_says_how_t
     assert "1 checkpoint push(es) failed" in result.stderr
     assert f"retry with: python -m denoising_diffusion.hub push {out / 'checkpoint-1' / 'pipeline'} --repo_id someone/run" in result.stderr
     assert (out / "checkpoint-1" / "pipeline" / "model_index.json").exists() and (out / "model_index.json").exists()
+
+
+def test_transient_hub_errors_are_retried_and_a_checkpoint_push_that_fails_never_stops_training(tmp_path):
+    out = tmp_path / "run"
+    with FakeHub() as hub:
+        hub.unavailable = 2  # the first two requests (checkpoint-1's repo creation, then its retry) answer 503
+        run([str(ROOT / "train_ddim.py"), *TINY, "--output_dir", str(out), "--max_train_steps", "2",
+             "--checkpointing_steps", "1", "--push_to_hub", "--hub_push_checkpoints", "--hub_model_id", "someone/run",
+             "--hub_token", SECRET], hub, tmp_path)
+        assert len(hub.repos["someone/run"]["commits"]) == 3  # both checkpoints and the final push went through
+        assert sum(r["path"] == "/api/repos/create" for r in hub.requests) >= 3
+    with FakeHub() as hub:
+        hub.unavailable = 10**6  # the Hub stays away
+        result = run([str(ROOT / "train_ddim.py"), *TINY, "--output_dir", str(tmp_path / "away"), "--max_train_steps",
+                      "2", "--checkpointing_steps", "1", "--push_to_hub", "--hub_push_checkpoints", "--hub_model_id",
+                      "someone/away", "--hub_token", SECRET], hub, tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (tmp_path / "away" / "model_index.json").exists()  # training ran to the end and saved its pipeline
+    assert result.stderr.count("A checkpoint push failed") == 2  # each reported with its retry command
+    assert f"retry with: python -m denoising_diffusion.hub push {tmp_path / 'away'} --repo_id someone/away" in result.stderr

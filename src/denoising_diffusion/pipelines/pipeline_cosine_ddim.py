@@ -171,7 +171,10 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
             return None
         if null is None:
             raise ValueError("class_labels were given, but this model is unconditional (its UNet has no num_class_embeds).")
-        labels = torch.as_tensor(self._class_indices(class_labels), device=self._execution_device).long().reshape(-1)
+        labels = torch.as_tensor(self._class_indices(class_labels), device=self._execution_device).reshape(-1)
+        if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+            raise ValueError(f"class_labels must be whole numbers (class indices) or class names, got {class_labels!r}.")
+        labels = labels.long()
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
         if labels.numel() != batch_size:
@@ -256,6 +259,7 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        latents = self._check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale)
         if latents is not None:
             batch_size = latents.shape[0]
         if isinstance(generator, list) and len(generator) != batch_size:
@@ -284,6 +288,24 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
+    @staticmethod
+    def _check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale):
+        """Refuse arguments that would fail deep inside sampling or be silently wrong; `latents` as a tensor."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        generators = generator if isinstance(generator, list) else [generator]
+        if not all(g is None or isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(f"generator must be a torch.Generator or a list of them (one per image), got {generator!r}; "
+                             "e.g. torch.Generator().manual_seed(0).")
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like sampling), got {eta!r}.")
+        if guidance_scale != 1.0 and class_labels is None:
+            raise ValueError(f"guidance_scale={guidance_scale} needs class_labels: guidance steers samples towards a "
+                             "class, and without labels they are unconditional.")
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            latents = torch.as_tensor(np.asarray(latents, dtype=np.float32))  # e.g. a numpy array
+        return latents
+
     # ------------------------------------------------------------------ inversion and interpolation
     def _as_tensor_images(self, images) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
@@ -307,7 +329,15 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
             model's prediction at the current sample (x_s, t), the usual explicit DDIM inversion;
             its error shrinks as `num_inference_steps` grows.
         """
-        x = self.normalize(self._as_tensor_images(images).to(self._execution_device)).to(self.unet.dtype)
+        images = self._as_tensor_images(images)
+        channels = self.unet.config.in_channels
+        if images.ndim != 4 or images.shape[1] != channels:
+            raise ValueError(f"invert() needs images shaped (B, {channels}, H, W) for this {channels}-channel model, "
+                             f"got {tuple(images.shape)}.")
+        if images.numel() and (images.min() < 0 or images.max() > 1):
+            raise ValueError(f"invert() needs images in [0, 1], got values from {images.min().item():g} to "
+                             f"{images.max().item():g} (divide 0..255 images by 255).")
+        x = self.normalize(images.to(self._execution_device)).to(self.unet.dtype)
         labels = self._class_labels(class_labels, x.shape[0])
         scheduler = self.scheduler
         scheduler.set_timesteps(num_inference_steps, device=self._execution_device)

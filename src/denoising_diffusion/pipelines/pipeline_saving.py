@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -43,12 +44,36 @@ def retry_command(folder: str | Path, repo_id: str, private: bool | None) -> str
             + (" --private" if private else ""))
 
 
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)  # the Hub is busy or away for a moment: try again
+
+
+def transient(error: BaseException) -> bool:
+    """A Hub error worth retrying: a busy or failing server, a timeout, a dropped connection."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is not None:
+        return status in TRANSIENT_STATUS
+    return isinstance(error, (ConnectionError, TimeoutError)) or any(
+        word in type(error).__name__ for word in ("Connect", "Timeout", "RemoteProtocol", "ReadError"))
+
+
+def with_retries(call, *args, attempts: int = 4, delay: float = 1.0, **kwargs):
+    """`call(*args, **kwargs)`, tried again after 1, 2, 4 ... seconds on a transient error."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - only transient ones are retried
+            if attempt == attempts - 1 or not transient(error):
+                raise
+            time.sleep(delay * 2**attempt)
+
+
 def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,
                 commit_message: str = "Upload trained CosineDDIMPipeline", run_as_future: bool = False,
                 create_pr: bool = False, write_card: Callable[[Path, str], object] | None = None):
     """Create `repo_id` if needed and upload the pipeline folder (code, weights, card, samples).
 
-    Checkpoints and logs stay local (`PUSH_IGNORE`). `write_card(folder, repo_id)`, when given, runs
+    Checkpoints and logs stay local (`PUSH_IGNORE`). Transient Hub errors (a busy server, a dropped
+    connection) are retried with backoff (`with_retries`). `write_card(folder, repo_id)`, when given, runs
     once the repo exists (its full id known). Returns the commit info (or a Future with
     `run_as_future`). On failure nothing local is touched and the `PushError` says how to retry.
     """
@@ -59,11 +84,14 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, t
         raise FileNotFoundError(f"{folder} holds no saved pipeline (model_index.json is missing).")
     api = HfApi(token=token)
     try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        repo_id = with_retries(api.create_repo, repo_id, private=private, exist_ok=True).repo_id
         if write_card is not None:
             write_card(folder, repo_id)
-        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                                 ignore_patterns=PUSH_IGNORE, run_as_future=run_as_future, create_pr=create_pr)
+        upload = {"repo_id": repo_id, "folder_path": str(folder), "commit_message": commit_message,
+                  "ignore_patterns": PUSH_IGNORE, "create_pr": create_pr}
+        if run_as_future:  # retried in the background too
+            return api.run_as_future(with_retries, api.upload_folder, **upload)
+        return with_retries(api.upload_folder, **upload)
     except Exception as error:  # noqa: BLE001 - any failure: keep files, explain the retry
         raise PushError(
             f"Pushing {folder} to {repo_id} failed ({type(error).__name__}: {error}). Every local file is kept; "

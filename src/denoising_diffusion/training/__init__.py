@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..pipelines.pipeline_saving import PushError
 from .callbacks import Callback
+from .checkpoints import DiskFullError
 from .config import ConfigError, TrainingConfig, parse_config
 from .rounds import distill
 from .trainer import Trainer
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None, callbacks: list[Callback] = ()) -> None:
     try:
         config = parse_config(argv)
         output_dir = train(config, callbacks=callbacks)
-    except (ConfigError, PushError) as error:
+    except (ConfigError, PushError, DiskFullError) as error:
         sys.exit(f"error: {error}")
     from accelerate import PartialState
 

@@ -8,6 +8,7 @@ callback returns from `state_dict` is stored in each checkpoint and handed back 
 
 import logging
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -128,8 +129,12 @@ class HubPushes(Callback):
             return
         folder = path / "pipeline"
         trainer.pipeline().save_pretrained(folder)
-        future = push_folder(folder, self.repo_id, private=self.config.hub_private_repo or None,
-                             token=self.config.hub_token, commit_message=f"Checkpoint {step}", run_as_future=True)
+        try:
+            future = push_folder(folder, self.repo_id, private=self.config.hub_private_repo or None,
+                                 token=self.config.hub_token, commit_message=f"Checkpoint {step}", run_as_future=True)
+        except PushError as error:  # a checkpoint push never stops training: reported with the others at the end
+            future = Future()
+            future.set_exception(error)
         self.futures.append((folder, future))
 
     def on_train_end(self, trainer, step: int) -> None:

@@ -9,6 +9,7 @@ It is written to a temporary folder, renamed into place, and only then are old o
 `latest` a complete checkpoint.
 """
 
+import errno
 import json
 import os
 import re
@@ -26,6 +27,20 @@ UNFINISHED_CHECKPOINT = re.compile(r"^\.checkpoint-(\d+)\.(partial|deleting)$")
 STATE_FILE = "training_state.json"
 PIPELINE_FILE = "pipeline.json"  # what a pipeline needs besides the weights: configs, image statistics, names
 EMA_FILE = "custom_checkpoint_0.pkl"  # Accelerate's file of the first registered object: the EMA
+
+
+class DiskFullError(OSError):
+    """The disk ran out while writing; the message says what was being written and what is kept."""
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is the disk running out: ENOSPC, or torch's serializer
+    failing half-way through a file it could not finish."""
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error) or "unexpected pos" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def checkpoint_step(path: Path) -> int:
@@ -137,9 +152,23 @@ class Checkpoints:
         `pipeline.json`. The new checkpoint takes its name only once complete, and old ones are
         pruned only after that.
         """
+        partial = self.output_dir / f".checkpoint-{step}.partial"
+        try:
+            return self._save(step, generator, state, pipeline, partial)
+        except Exception as error:  # noqa: BLE001 - safetensors' and torch's write errors are no OSError
+            if not disk_full(error):
+                raise
+            shutil.rmtree(partial, ignore_errors=True)  # give back what the half-written checkpoint took
+            latest = self.latest()
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"The disk holding {self.output_dir} is full (no space left) while writing checkpoint-{step}; it was "
+                f"not kept. {'The last complete checkpoint, ' + str(latest) + ', is kept: free space and resume with --resume_from_checkpoint latest.' if latest else 'No checkpoint was written before it.'}",
+            ) from error
+
+    def _save(self, step: int, generator: torch.Generator, state: dict, pipeline: dict | None, partial: Path) -> Path:
         accelerator = self.accelerator
         final = self.output_dir / f"checkpoint-{step}"
-        partial = self.output_dir / f".checkpoint-{step}.partial"
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         accelerator.wait_for_everyone()
@@ -157,6 +186,21 @@ class Checkpoints:
                 self.prune(self.total_limit)
         accelerator.wait_for_everyone()
         return final
+
+    def save_pipeline(self, pipe, step: int) -> None:
+        """The trained pipeline into `output_dir`; a full disk is reported with what is kept."""
+        try:
+            pipe.save_pretrained(self.output_dir)
+        except Exception as error:  # noqa: BLE001 - safetensors' and torch's write errors are no OSError
+            if not disk_full(error):
+                raise
+            latest = self.latest()
+            kept = (f"The last checkpoint, {latest}, is kept: free space, then resume with --resume_from_checkpoint "
+                    "latest (it saves the pipeline) or export it (python -m denoising_diffusion.hub export)."
+                    if latest else "No checkpoint was written before it: the trained weights are lost; set "
+                    "checkpointing_steps below max_train_steps to keep some.")
+            raise DiskFullError(errno.ENOSPC, f"The disk holding {self.output_dir} is full (no space left) while "
+                                              f"saving the trained pipeline after step {step}. {kept}") from error
 
     def prune(self, limit: int) -> None:
         """Keep the newest `limit` checkpoints; each older one is renamed away, then deleted."""

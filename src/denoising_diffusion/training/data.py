@@ -10,21 +10,18 @@ in the shuffled stream) when streaming: the same whichever DataLoader worker or 
 them, and the same again after a resume, with nothing to checkpoint.
 """
 
-import io
 import itertools
 import os
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 import yaml
 
 from ..digits import BUILTIN_DATASET, digits_dataset
 from .config import ConfigError, TrainingConfig
-
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-
+from .decoding import (GRAY_MODES, check_colour_fits, check_images, check_labels_are_integers, image_to_tensor,
+                       open_image, to_label)
 
 def load_raw_dataset(config: TrainingConfig):
     """The dataset as its source gives it (images not yet decoded), checked for columns and size."""
@@ -74,55 +71,6 @@ def load_raw_dataset(config: TrainingConfig):
     return dataset
 
 
-def _open_image(value, where: str) -> PIL.Image.Image:
-    """A PIL image from what an undecoded `Image` column (or an array column) holds."""
-    try:
-        if isinstance(value, PIL.Image.Image):
-            image = value
-        elif isinstance(value, dict) and (value.get("bytes") or value.get("path")):
-            source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-            image = PIL.Image.open(source)
-        else:
-            array = np.asarray(value)
-            if array.dtype != np.uint8:
-                array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-            image = PIL.Image.fromarray(array.squeeze())
-        image.load()
-        return image
-    except Exception as error:  # noqa: BLE001 - any decoding failure is reported the same way
-        path = value.get("path") if isinstance(value, dict) else None
-        raise ConfigError(f"Cannot read the image {where}{f' ({path})' if path else ''}: {error}") from error
-
-
-def _check_channels(image: PIL.Image.Image, channels: int, where: str) -> None:
-    found = 1 if image.mode in GRAY_MODES else 3
-    if found != channels:
-        raise ConfigError(
-            f"channels={channels} but the image {where} is {image.mode} ({found} channel{'s' * (found > 1)}); "
-            f"set channels: {found}."
-        )
-
-
-def image_to_tensor(image: PIL.Image.Image, config: TrainingConfig, rng: np.random.Generator | None) -> torch.Tensor:
-    """Resize the shorter side to `resolution`, crop a square (center, or random with `rng` unless
-    `center_crop`), to uint8 (C, H, W)."""
-    image = image.convert("L" if config.channels == 1 else "RGB")
-    size = config.resolution
-    w, h = image.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), PIL.Image.Resampling.BICUBIC if scale > 1 else PIL.Image.Resampling.LANCZOS)
-    if rng is None or config.center_crop:
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-    else:
-        left, top = int(rng.integers(0, new_w - size + 1)), int(rng.integers(0, new_h - size + 1))
-    image = image.crop((left, top, left + size, top + size))
-    array = np.array(image, dtype=np.uint8)
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
 def _undecoded(dataset, column):
     """The dataset with `column` left as bytes/paths, so that decoding errors can name the image."""
     from datasets import Image
@@ -148,11 +96,13 @@ class ImageDecoder:
         config = self.config
         out = {"pixel_values": []}
         for i, (value, index) in enumerate(zip(batch[config.image_column], indices)):
-            image = _open_image(value, f"at index {index}")
+            image = open_image(value, f"at index {index}")
+            check_colour_fits(image, config.channels, f"at index {index}")
             rng = None if crop_seeds is None else np.random.default_rng(crop_seeds[i])
             out["pixel_values"].append(image_to_tensor(image, config, rng))
         if config.label_column:
-            out["labels"] = [int(v) for v in batch[config.label_column]]
+            out["labels"] = [to_label(v, f"at index {index} of label_column={config.label_column!r}")
+                             for v, index in zip(batch[config.label_column], indices)]
         return out
 
 
@@ -282,8 +232,15 @@ def prepare_dataset(config: TrainingConfig) -> TrainingImages:
     ones are decoded as they stream.
     """
     raw = _undecoded(load_raw_dataset(config), config.image_column)
-    first = next(iter(raw))
-    _check_channels(_open_image(first[config.image_column], "at index 0"), config.channels, "at index 0")
+    if config.streaming:  # checked as they stream, and the first one now
+        first = open_image(next(iter(raw))[config.image_column], "at index 0")
+        check_colour_fits(first, config.channels, "at index 0")
+        if config.channels == 3 and first.mode in GRAY_MODES:
+            raise ConfigError(f"channels=3 but the image at index 0 is {first.mode} (1 channel); set channels: 1.")
+    else:  # random crops decode on access: decode every image now, so none fails mid-training
+        check_images(raw, config, decode=not config.center_crop)
+        if config.label_column:
+            check_labels_are_integers(raw, config.label_column)
     keep = [c for c in (config.image_column, config.label_column) if c]
     decode = ImageDecoder(config)
     feature = (raw.features or {}).get(config.label_column) if config.label_column else None

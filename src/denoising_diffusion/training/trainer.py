@@ -382,7 +382,7 @@ class Trainer:
     def finish(self, global_step: int):
         """Save the EMA pipeline, its sample grid, a training summary and the model card; push if asked."""
         pipe = self.pipeline()
-        pipe.save_pretrained(self.output_dir)
+        self.checkpoints.save_pipeline(pipe, global_step)
         for callback in self.callbacks:
             callback.on_save(self, pipe)
         summary = {
