@@ -2,6 +2,7 @@
 
     config.py       TrainingConfig: every option, from YAML and `--key value`
     data.py         any image source -> `TrainingImages` (checked, decoded once or on access)
+    decoding.py     opening and checking images and labels, conversion to the training size
     components.py   the UNet and scheduler a config describes
     objectives.py   what the loop minimises (the diffusion loss)
     distillation.py progressive distillation: the two-step target and its objective
