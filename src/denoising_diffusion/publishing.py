@@ -14,7 +14,7 @@ import yaml
 
 from .digits import BUILTIN_DATASET
 from .evaluation.report import markdown_table
-from .pipelines.pipeline_saving import PUSH_IGNORE, PushError, retry_command
+from .pipelines.pipeline_saving import PUSH_IGNORE, PushError, retry_command, sampling_arguments
 from .pipelines.pipeline_saving import push_folder as upload_pipeline_folder
 
 __all__ = ["PUSH_IGNORE", "PushError", "push_folder", "render_model_card", "retry_command", "write_model_card"]
@@ -92,14 +92,6 @@ def _limitations(folder: Path, config: dict, data: str, class_names: list[str] |
     return "\n".join(lines)
 
 
-def _usage_arguments(class_names: list[str] | None, steps: int, batch: int = 4) -> str:
-    arguments = f"batch_size={batch}"
-    if class_names:
-        labels = [class_names[i % len(class_names)] for i in range(batch)]
-        arguments += f", class_labels={labels!r}, guidance_scale=2.0"
-    return f"{arguments}, num_inference_steps={steps}"
-
-
 def render_model_card(folder: str | Path, repo_id: str | None = None, license: str | None = None):
     """A `huggingface_hub.ModelCard` for the trained pipeline in `folder` (not yet saved); `repo_id` is
     the full id of the repo it is for (its snippets load from there), else the folder."""
@@ -140,8 +132,8 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         card_data, template_path=str(TEMPLATE),
         model_name=repo_id.split("/")[-1] if repo_id else folder.resolve().name, repo_id=repo_id or str(folder),
         description=description, distilled_steps=distilled_steps,
-        usage_arguments=_usage_arguments(class_names, steps),
-        usage_arguments_10=_usage_arguments(class_names, 10),
+        usage_arguments=sampling_arguments(class_names, steps),
+        usage_arguments_10=sampling_arguments(class_names, 10),
         class_table="\n".join(f"| {i} | {name} |" for i, name in enumerate(class_names or [])),
         limitations=_limitations(folder, config, data, class_names),
         conditioning=f", conditioned on {len(class_names)} classes" if class_names else "",

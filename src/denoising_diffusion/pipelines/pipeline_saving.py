@@ -67,6 +67,15 @@ def with_retries(call, *args, attempts: int = 4, delay: float = 1.0, **kwargs):
             time.sleep(delay * 2**attempt)
 
 
+def sampling_arguments(class_names: list[str] | None, num_inference_steps: int | None = None, batch: int = 4) -> str:
+    """The arguments of a model card's sampling snippet: a batch, the class names in turn with guidance
+    for a class-conditional model, and the step count when given."""
+    arguments = f"batch_size={batch}"
+    if class_names:
+        arguments += f", class_labels={[class_names[i % len(class_names)] for i in range(batch)]!r}, guidance_scale=2.0"
+    return arguments + (f", num_inference_steps={num_inference_steps}" if num_inference_steps else "")
+
+
 def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,
                 commit_message: str = "Upload trained CosineDDIMPipeline", run_as_future: bool = False,
                 create_pr: bool = False, write_card: Callable[[Path, str], object] | None = None):
@@ -171,9 +180,7 @@ class SavesCodeMixin:
 
     def _write_usage_card(self, folder: Path, repo_id: str) -> None:
         """A short model card for a pipeline pushed on its own: how to load and sample it."""
-        names = getattr(self, "class_names", None)
-        arguments = "batch_size=4" + (f", class_labels={[names[i % len(names)] for i in range(4)]!r}, "
-                                      "guidance_scale=2.0" if names else "")
+        arguments = sampling_arguments(getattr(self, "class_names", None))
         code = (f"import torch\nfrom denoising_diffusion import {type(self).__name__}\n\n"
                 f"pipe = {type(self).__name__}.from_pretrained({repo_id!r})\n"
                 f"images = pipe({arguments}, generator=torch.Generator().manual_seed(0)).images\n"

@@ -97,7 +97,7 @@ class ImageDecoder:
         out = {"pixel_values": []}
         for i, (value, index) in enumerate(zip(batch[config.image_column], indices)):
             image = open_image(value, f"at index {index}")
-            check_colour_fits(image, config.channels, f"at index {index}")
+            check_colour_fits(image.mode, config.channels, f"at index {index}")
             rng = None if crop_seeds is None else np.random.default_rng(crop_seeds[i])
             out["pixel_values"].append(image_to_tensor(image, config, rng))
         if config.label_column:
@@ -234,7 +234,7 @@ def prepare_dataset(config: TrainingConfig) -> TrainingImages:
     raw = _undecoded(load_raw_dataset(config), config.image_column)
     if config.streaming:  # checked as they stream, and the first one now
         first = open_image(next(iter(raw))[config.image_column], "at index 0")
-        check_colour_fits(first, config.channels, "at index 0")
+        check_colour_fits(first.mode, config.channels, "at index 0")
         if config.channels == 3 and first.mode in GRAY_MODES:
             raise ConfigError(f"channels=3 but the image at index 0 is {first.mode} (1 channel); set channels: 1.")
     else:  # random crops decode on access: decode every image now, so none fails mid-training

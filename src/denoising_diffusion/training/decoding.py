@@ -32,10 +32,10 @@ def open_image(value, where: str) -> PIL.Image.Image:
         raise ConfigError(f"Cannot read the image {where}{f' ({path})' if path else ''}: {error}") from error
 
 
-def check_colour_fits(image: PIL.Image.Image, channels: int, where: str) -> None:
-    """A colour image in a 1-channel run would silently turn gray: refuse it."""
-    if channels == 1 and image.mode not in GRAY_MODES:
-        raise ConfigError(f"channels=1 but the image {where} is {image.mode} (3 channels): training would turn the "
+def check_colour_fits(mode: str, channels: int, where: str) -> None:
+    """A colour image (PIL `mode`) in a 1-channel run would silently turn gray: refuse it."""
+    if channels == 1 and mode not in GRAY_MODES:
+        raise ConfigError(f"channels=1 but the image {where} is {mode} (3 channels): training would turn the "
                           "colour images gray; set channels: 3.")
 
 
@@ -64,11 +64,9 @@ def check_images(raw, config: TrainingConfig, decode: bool) -> None:
             path = value.get("path") if isinstance(value, dict) else None
             raise ConfigError(f"Cannot read the image {where}{f' ({path})' if path else ''}: {error}") from error
         first_mode = first_mode or mode
+        check_colour_fits(mode, config.channels, where)
         if mode not in GRAY_MODES:
             colour = colour if colour is not None else index
-            if config.channels == 1:
-                raise ConfigError(f"channels=1 but the image {where} is {mode} (3 channels): training would turn the "
-                                  "colour images gray; set channels: 3.")
     if config.channels == 3 and colour is None:
         raise ConfigError(f"channels=3 but the image at index 0 is {first_mode} (1 channel); set channels: 1 "
                           "(every image is grayscale).")
