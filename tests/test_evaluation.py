@@ -134,3 +134,34 @@ def test_sweep_trains_each_combination_and_tabulates(tmp_path):
 
     grid = Image.open(tmp_path / "grid" / "samples.png")
     assert grid.height >= 4 * 48  # one row per run
+
+
+def test_nearest_neighbour_distances_catch_copies_and_leave_one_out_skips_the_image_itself():
+    from denoising_diffusion.evaluation.memorisation import nearest_neighbour_distances, nearest_neighbour_ratio
+
+    _, x_test, _, _ = digits_split()
+    train, unseen = x_test[:300], x_test[300:]
+    assert torch.equal(nearest_neighbour_distances(train[:50], train), torch.zeros(50))  # copies sit on the data
+    own = nearest_neighbour_distances(train, train, leave_one_out=True)
+    assert own.min() > 0
+    manual = torch.stack([torch.cdist(train[i].flatten()[None], torch.cat([train[:i], train[i + 1:]]).flatten(1)).min()
+                          for i in range(0, 300, 37)])
+    torch.testing.assert_close(own[::37], manual.float())
+    copies = nearest_neighbour_ratio(train[:100], train)
+    real = nearest_neighbour_ratio(unseen, train)
+    assert copies["nn_ratio"] == 0 and 0.8 < real["nn_ratio"] < 1.25  # unseen real digits sit about as far
+    with pytest.raises(ValueError, match="must have the same shape"):
+        nearest_neighbour_distances(train, torch.nn.functional.interpolate(train, size=(16, 16)))
+
+
+def test_class_balance_is_one_for_real_digits_and_shows_a_dropped_digit():
+    from sklearn.datasets import load_digits
+
+    features = DigitsFeatures()
+    digits = load_digits()
+    images = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
+    ratios = features.class_balance(images)
+    assert all(0.85 < r < 1.15 for r in ratios)
+    without_sevens = images[torch.as_tensor(digits.target) != 7]
+    ratios = features.class_balance(without_sevens)
+    assert ratios[7] < 0.05 and all(r > 1.0 for i, r in enumerate(ratios) if i != 7)

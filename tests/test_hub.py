@@ -60,7 +60,8 @@ def test_push_then_load_by_repo_id_through_the_hub_api(trained, tmp_path):
                       "--token", SECRET], hub, tmp_path)
         assert "Pushed" in result.stdout
         files = set(hub.repos["someone/digits-tiny"]["files"])
-        expected = {"model_index.json", "pipeline_cosine_ddim.py", "pipeline_saving.py", "README.md", "samples.png",
+        expected = {"model_index.json", "pipeline_cosine_ddim.py", "pipeline_saving.py", "guidance.py", "inversion.py",
+                    "README.md", "samples.png",
                     "training_config.yaml", "training_summary.json", "unet/config.json",
                     "unet/diffusion_pytorch_model.safetensors", "unet/unet_continuous.py", "unet/noise_schedule.py",
                     "scheduler/scheduler_config.json", "scheduler/scheduling_cosine_ddim.py",

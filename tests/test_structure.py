@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "denoising_diffusion"
 ROOT_NAME = "denoising_diffusion"
 # Modules a saved pipeline folder carries (and plain diffusers runs with trust_remote_code=True).
-TRAVELLING = ["pipelines.pipeline_cosine_ddim", "pipelines.pipeline_saving", "models.unet_continuous",
+TRAVELLING = ["pipelines.pipeline_cosine_ddim", "pipelines.pipeline_saving", "pipelines.guidance", "pipelines.inversion", "models.unet_continuous",
               "schedulers.noise_schedule", "schedulers.scheduling_cosine_ddim", "schedulers.scheduling_cosine_dpmsolver"]
 TRAVEL_SAFE = {"torch", "numpy", "diffusers", "huggingface_hub"}
 

@@ -7,7 +7,8 @@ from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 
 from .models.compile import compile_unet
 from .models.unet_continuous import ContinuousUNet2DModel
-from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline, slerp
+from .pipelines.inversion import slerp
+from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 from .schedulers.noise_schedule import signal_noise_rates
 from .schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler

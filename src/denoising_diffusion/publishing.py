@@ -127,13 +127,16 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
                         f"DDIM step{'s' if distilled_steps > 1 else ''}**: it learned to do in one step what its teacher "
                         f"({source}) does in two. `pipe(...)` samples with {distilled_steps} steps by default "
                         "(the pipeline's `distilled_steps`); keep the stored DDIM scheduler and its `timestep_spacing`.")
-    steps = distilled_steps or 20
+    defaults = index.get("sampling_defaults") or {}
+    steps = distilled_steps or (None if defaults.get("num_inference_steps") else 20)
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE),
         model_name=repo_id.split("/")[-1] if repo_id else folder.resolve().name, repo_id=repo_id or str(folder),
         description=description, distilled_steps=distilled_steps,
         usage_arguments=sampling_arguments(class_names, steps),
         usage_arguments_10=sampling_arguments(class_names, 10),
+        sampling_table=_sampling_table(folder, class_names) if defaults else "",
+        guide=_guide_description(index.get("guide_info")),
         class_table="\n".join(f"| {i} | {name} |" for i, name in enumerate(class_names or [])),
         limitations=_limitations(folder, config, data, class_names),
         conditioning=f", conditioned on {len(class_names)} classes" if class_names else "",
@@ -153,6 +156,45 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         training_config=yaml.safe_dump(_public_config(config), sort_keys=False).strip(),
         evaluation=_evaluation_markdown(folder),
     )
+
+
+SCHEDULER_NAMES = {"CosineDDIMScheduler": "DDIM", "CosineDPMSolverScheduler": "DPM-Solver++(2M)"}
+
+
+def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
+    """How the saved defaults sample, and what other budgets cost, in network evaluations per image."""
+    from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
+
+    pipe = CosineDDIMPipeline.from_pretrained(folder)
+    defaults = pipe.config.sampling_defaults
+    steps = defaults.get("num_inference_steps") or 20
+    solver = SCHEDULER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
+    guided = pipe.guide_unet is not None and defaults.get("autoguidance_scale", 1.0) != 1.0
+    interval = defaults.get("guidance_interval")
+    band = "" if not interval else (f" at noise levels sigma in ({interval[0]:g}, "
+                                    f"{'inf' if interval[1] is None else format(interval[1], 'g')}]")
+    default = f"{solver}, {steps} steps" + (f", autoguidance {defaults['autoguidance_scale']:g}{band}" if guided else "")
+    cfg = 2.0 if class_names else 1.0
+    count = lambda n, auto=None: pipe.network_evaluations(n, cfg, auto, class_labels=bool(class_names))  # noqa: E731
+    rows = [("the defaults: `pipe(batch_size=4)`", default, count(steps))]
+    for n in sorted({max(1, steps // 2), 2 * steps}):
+        rows.append((f"`num_inference_steps={n}`", f"{solver}, {n} steps" + (" (guidance as above)" if guided else ""),
+                     count(n)))
+    if guided:
+        rows.append(("`autoguidance_scale=1.0`", f"{solver}, {steps} steps, no autoguidance", count(steps, 1.0)))
+    lines = ["| call | samples with | network evaluations per image |", "| --- | --- | ---: |"]
+    lines += [f"| {call} | {what} | {n} |" for call, what, n in rows]
+    return "\n".join(lines)
+
+
+def _guide_description(info: dict | None) -> str:
+    if not info:
+        return ""
+    if info.get("kind") == "ema_snapshot":
+        return (f"\n- Autoguidance guide (`guide_unet`): the same network's EMA weights at step {info['step']} of "
+                f"{info['of_steps']}, kept during training (Karras et al. 2024, \"Guiding a Diffusion Model with a "
+                "Bad Version of Itself\").")
+    return f"\n- Autoguidance guide (`guide_unet`): {info}."
 
 
 def _ema_description(config: dict, steps: int | None) -> str:

@@ -37,7 +37,8 @@ from .schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
 from .training import train
 from .training.components import build_scheduler
-from .training.config import ConfigError, parse_config
+from .training.arguments import parse_config
+from .training.config import ConfigError
 from .training.data import TrainingImages, prepare_dataset
 from .training.objectives import DiffusionObjective
 
@@ -189,8 +190,9 @@ class Sweep:
         for key in self.keys:
             prefix = "" if len(self.keys) == 1 else f"{key} "
             kids = [run["scores"][key]["kid"] for run in per_seed]
-            for metric in per_seed[0]["scores"][key]:
-                row[prefix + metric] = round(statistics.mean(run["scores"][key][metric] for run in per_seed), 6)
+            for metric, value in per_seed[0]["scores"][key].items():
+                if isinstance(value, (int, float)):  # per-class lists (class_balance) stay in results.json
+                    row[prefix + metric] = round(statistics.mean(run["scores"][key][metric] for run in per_seed), 6)
             if len(per_seed) > 1:
                 row[prefix + "kid_seed_spread"] = round(max(kids) - min(kids), 6)
         row["train_minutes"] = round(statistics.mean(run["training_seconds"] or 0 for run in per_seed) / 60, 2)

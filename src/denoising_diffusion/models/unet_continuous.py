@@ -8,7 +8,12 @@ As in the Keras DDIM example and its R port, the network sees the *noise varianc
 
 That embedding replaces `UNet2DModel`'s integer-timestep projection; everything else (residual
 blocks, the time-embedding MLP that feeds every block, attention, class embeddings) is diffusers'
-own. The output convolution starts at zero, so an untrained model predicts zeros (seeds).
+own. The output convolution starts at zero, so an untrained model predicts zeros (as in the Keras
+DDIM example).
+
+With `self_conditioning=True` (Chen et al. 2022, "Analog Bits") the network also takes its own
+previous estimate of the clean image, concatenated to its input as `in_channels` more channels
+(`self_condition`; zeros when there is none).
 
 This module travels with saved pipelines, so it imports only torch, diffusers and its sibling
 ``noise_schedule``.
@@ -100,6 +105,7 @@ class ContinuousUNet2DModel(UNet2DModel):
         max_signal_rate: float = 0.95,
         embedding_min_frequency: float = 1.0,
         embedding_max_frequency: float = 1000.0,
+        self_conditioning: bool = False,
     ):
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
         if time_embedding_type != "positional":
@@ -135,6 +141,8 @@ class ContinuousUNet2DModel(UNet2DModel):
             block_out_channels[0], schedule, min_signal_rate, max_signal_rate,
             embedding_min_frequency, embedding_max_frequency,
         )
+        if self_conditioning:  # the input convolution also reads the previous clean-image estimate
+            self.conv_in = nn.Conv2d(2 * in_channels, block_out_channels[0], kernel_size=3, padding=(1, 1))
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -149,8 +157,12 @@ class ContinuousUNet2DModel(UNet2DModel):
         timestep: torch.Tensor | float,
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        self_condition: torch.Tensor | None = None,
     ) -> UNet2DOutput | tuple:
         """Predict from a noisy `sample` (B, C, H, W) at continuous time `timestep` in [0, 1].
+
+        `self_condition` (B, C, H, W): for a model with `self_conditioning`, its previous estimate of the
+        clean image in model space (None: zeros, as for the first sampling step); refused otherwise.
 
         `timestep` is a float, a 0-d floating-point tensor or one of shape (B,), with values in [0, 1];
         integer timesteps (diffusers' discrete schedulers) are rejected with an error, as are values
@@ -163,4 +175,12 @@ class ContinuousUNet2DModel(UNet2DModel):
             raise ValueError(
                 f"timestep must be a scalar or have shape ({sample.shape[0]},), got shape {tuple(t.shape)}."
             )
+        if self.config.self_conditioning:
+            condition = torch.zeros_like(sample) if self_condition is None else self_condition.to(sample.dtype)
+            if condition.shape != sample.shape:
+                raise ValueError(f"self_condition must have the sample's shape {tuple(sample.shape)}, got "
+                                 f"{tuple(condition.shape)}.")
+            sample = torch.cat([sample, condition], dim=1)
+        elif self_condition is not None:
+            raise ValueError("self_condition was given, but this model was not trained with self_conditioning.")
         return super().forward(sample, t.to(torch.float32), class_labels=class_labels, return_dict=return_dict)

@@ -1,3 +1,4 @@
-from .pipeline_cosine_ddim import CosineDDIMPipeline, slerp
+from .inversion import slerp
+from .pipeline_cosine_ddim import CosineDDIMPipeline
 
 __all__ = ["CosineDDIMPipeline", "slerp"]

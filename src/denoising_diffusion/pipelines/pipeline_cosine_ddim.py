@@ -5,7 +5,7 @@ the code of its components (`pipeline_saving`), so it also loads with plain diff
 `DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)`.
 
 This module travels with saved pipelines, so it imports only torch, numpy, diffusers and its
-sibling `pipeline_saving`.
+siblings `guidance`, `inversion` and `pipeline_saving`.
 """
 
 import math
@@ -15,29 +15,13 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .guidance import GuidanceMixin, check_guidance_interval, check_guide_matches, check_sampling_defaults
+from .inversion import InversionMixin
 from .pipeline_saving import SavesCodeMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # What the UNet and the scheduler must agree on: the times t in [0, 1] mean the same noise levels.
 SCHEDULE_KEYS = ("schedule", "min_signal_rate", "max_signal_rate")
-
-
-def slerp(start: torch.Tensor, end: torch.Tensor, weights) -> torch.Tensor:
-    """Spherical interpolation between noises `start` and `end` (same shape) at each weight in [0, 1].
-
-    Returns shape `(len(weights), *start.shape)`. Gaussian noise lives near a sphere; moving along
-    it (rather than the straight chord, whose midpoint has too small a norm) keeps every frame a
-    plausible starting noise (Shoemake 1985; Song et al. 2020, Sec. 5.3).
-    """
-    weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
-    a, b = start.double().flatten(), end.double().flatten()
-    cos = torch.clamp(torch.dot(a, b) / (a.norm() * b.norm()), -1.0, 1.0)
-    theta = torch.arccos(cos)
-    if theta < 1e-6:  # (nearly) parallel: the chord is the arc
-        out = (1 - weights)[:, None] * a + weights[:, None] * b
-    else:
-        out = (torch.sin((1 - weights) * theta)[:, None] * a + torch.sin(weights * theta)[:, None] * b) / torch.sin(theta)
-    return out.reshape(len(weights), *start.shape).to(start.dtype)
 
 
 def check_schedules_match(unet, scheduler) -> None:
@@ -68,7 +52,7 @@ def check_schedules_match(unet, scheduler) -> None:
         )
 
 
-class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
+class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, DiffusionPipeline):
     r"""Pipeline for unconditional image generation with continuous-time DDIM.
 
     Parameters:
@@ -82,6 +66,13 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
             DDIM steps it was distilled for; `__call__` then uses it when `num_inference_steps` is not given.
         class_names (`list[str]`, *optional*): for a class-conditional UNet, the names of its classes
             0..N-1 (`class_labels` may then name them).
+        guide_unet ([`ContinuousUNet2DModel`], *optional*): a weaker version of `unet` (e.g. an early snapshot
+            of the same training run) for autoguidance (Karras et al. 2024); see `autoguidance_scale`.
+        guide_info (`dict`, *optional*): where `guide_unet` comes from (e.g. `{"kind": "ema_snapshot",
+            "step": 290, "of_steps": 1160}`), shown on the model card.
+        sampling_defaults (`dict`, *optional*): what `__call__` uses when an argument is not given:
+            `num_inference_steps`, `autoguidance_scale`, `guidance_interval` (the measured best for this
+            model, so that `pipe(batch_size=16)` gives its best samples).
 
     The UNet and the scheduler must share one noise schedule (`SCHEDULE_KEYS`); that is checked here and
     whenever `pipe.scheduler` or `pipe.unet` is replaced. `from_pretrained` is diffusers' own loader
@@ -90,10 +81,12 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
     in a saved folder runs.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->guide_unet"
+    _optional_components = ["guide_unet"]
 
     def __init__(self, unet, scheduler, image_mean: list[float] | None = None, image_std: list[float] | None = None,
-                 distilled_steps: int | None = None, class_names: list[str] | None = None):
+                 distilled_steps: int | None = None, class_names: list[str] | None = None, guide_unet=None,
+                 guide_info: dict | None = None, sampling_defaults: dict | None = None):
         super().__init__()
         channels = unet.config.in_channels
         image_mean = [0.5] * channels if image_mean is None else [float(v) for v in image_mean]
@@ -116,9 +109,13 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
                                  f"got {class_names}.")
             # stored as a mapping: diffusers' loader takes every list in model_index.json for a component
             class_names = {str(i): name for i, name in enumerate(class_names)}
-        self.register_modules(unet=unet, scheduler=scheduler)
+        sampling_defaults = check_sampling_defaults(sampling_defaults)
+        if guide_unet is None and sampling_defaults.get("autoguidance_scale", 1.0) != 1.0:
+            raise ValueError("sampling_defaults sets autoguidance_scale, but there is no guide_unet.")
+        self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self.register_to_config(image_mean=image_mean, image_std=image_std, distilled_steps=distilled_steps,
-                                class_names=class_names)
+                                class_names=class_names, guide_info=dict(guide_info) if guide_info else None,
+                                sampling_defaults=sampling_defaults or None)
 
     def __setattr__(self, name, value):
         if name in ("unet", "scheduler") and value is not None:
@@ -126,6 +123,11 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
             if other is not None:
                 unet, scheduler = (value, other) if name == "unet" else (other, value)
                 check_schedules_match(unet, scheduler)
+        if name in ("unet", "guide_unet") and value is not None:
+            other = self.__dict__.get("guide_unet" if name == "unet" else "unet")
+            if other is not None:
+                unet, guide = (value, other) if name == "unet" else (other, value)
+                check_guide_matches(unet, guide)
         super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ images <-> model space
@@ -201,22 +203,6 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
             values = [names.index(v) if isinstance(v, str) else v for v in values]
         return values
 
-    def predict(self, sample: torch.Tensor, t, labels: torch.Tensor | None = None, guidance_scale: float = 1.0):
-        """The UNet's output at time `t`, with classifier-free guidance when `guidance_scale != 1`.
-
-        `labels=None` on a class-conditional model means "no class" (unconditional, one forward pass).
-        Nothing here reads device values back, so sampling never waits on the device.
-        """
-        null = self.null_class_label
-        if labels is None:
-            none = None if null is None else torch.full((sample.shape[0],), null, device=sample.device)
-            return self.unet(sample, t, class_labels=none).sample
-        if guidance_scale == 1.0:
-            return self.unet(sample, t, class_labels=labels).sample
-        both = self.unet(torch.cat([sample, sample]), t, class_labels=torch.cat([labels, torch.full_like(labels, null)])).sample
-        cond, uncond = both.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
-
     @torch.no_grad()
     def __call__(
         self,
@@ -230,6 +216,8 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
         latents: torch.Tensor | None = None,
         class_labels: int | str | list[int | str] | torch.Tensor | None = None,
         guidance_scale: float = 1.0,
+        autoguidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images from Gaussian noise.
 
@@ -239,7 +227,7 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
                 reproducible noise.
             eta (`float`, defaults to 0.0): 0 is deterministic DDIM, 1 is DDPM-like sampling.
             num_inference_steps (`int`, *optional*): denoising steps (any integer >= 1); defaults to
-                `distilled_steps` for a distilled student, else 20.
+                `distilled_steps` for a distilled student, else `sampling_defaults`, else 20.
             use_clipped_model_output (`bool`, *optional*): passed to the scheduler's `step` (as in
                 diffusers' `DDIMPipeline`); matters only with the scheduler's `clip_sample`.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C) or `"pt"`
@@ -253,13 +241,23 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
                 "no class" embedding, the last one, learned by dropping labels in training).
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance (Ho & Salimans 2022):
                 `uncond + guidance_scale * (cond - uncond)`; 1.0 is plain conditional sampling.
+            autoguidance_scale (`float`, *optional*): autoguidance (Karras et al. 2024, "Guiding a Diffusion
+                Model with a Bad Version of Itself") with `guide_unet`: `guide + autoguidance_scale * (main -
+                guide)`; 1.0 is off. Works for unconditional and class-conditional models, and combines with
+                `guidance_scale` (then `main` is the classifier-free guided output). Defaults to
+                `sampling_defaults`, else 1.0. Each guided step costs one more network evaluation.
+            guidance_interval (`tuple[float, float]`, *optional*): apply both guidances only at noise levels
+                `sigma_lo < sigma <= sigma_hi`, with sigma = sigma_t / alpha_t (Kynkäänniemi et al. 2024);
+                other steps cost one evaluation. Defaults to `sampling_defaults`, else every step
+                (`(0, inf)`). `network_evaluations(...)` counts what a call costs.
 
         Returns:
             [`~pipelines.ImagePipelineOutput`] with `images`, or `(images,)`.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        latents = self._check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale)
+        latents = self._check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale,
+                                        autoguidance_scale, guidance_interval)
         if latents is not None:
             batch_size = latents.shape[0]
         if isinstance(generator, list) and len(generator) != batch_size:
@@ -274,22 +272,32 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
         image = latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
         labels = self._class_labels(class_labels, batch_size)
-        if num_inference_steps is None:
-            num_inference_steps = self.config.get("distilled_steps") or 20
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_output = self.predict(self.scheduler.scale_model_input(image, t), t, labels, guidance_scale)
-            image = self.scheduler.step(model_output, t, image, eta=eta, generator=generator,
-                                        use_clipped_model_output=bool(use_clipped_model_output)).prev_sample
-
+        plan = self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval)
+        if any(auto != 1.0 for _, auto in plan) and self.guide_unet is None:
+            raise ValueError(f"autoguidance_scale={self.sampling_default('autoguidance_scale', autoguidance_scale)} "
+                             "needs a guide_unet, and this pipeline has none (pass autoguidance_scale=1.0).")
+        image = self._denoise(image, labels, plan, eta, generator, bool(use_clipped_model_output))
         images = self.to_output(self.denormalize(image), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
 
+    def _denoise(self, image: torch.Tensor, labels, plan: list[tuple[float, float]], eta: float, generator,
+                 use_clipped_model_output: bool) -> torch.Tensor:
+        """The sampling loop over the scheduler's timesteps, guided as `plan` says at each step."""
+        estimate = None  # a self-conditioned UNet's previous clean-image estimate
+        for t, (cfg, auto) in zip(self.progress_bar(self.scheduler.timesteps), plan):
+            model_output = self.predict(self.scheduler.scale_model_input(image, t), t, labels, cfg, auto, estimate)
+            if self.self_conditioned:
+                estimate = self.scheduler.convert_model_output(model_output, t, image)[0].to(image.dtype)
+            image = self.scheduler.step(model_output, t, image, eta=eta, generator=generator,
+                                        use_clipped_model_output=use_clipped_model_output).prev_sample
+        return image
+
     @staticmethod
-    def _check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale):
+    def _check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale, autoguidance_scale=None,
+                         guidance_interval=None):
         """Refuse arguments that would fail deep inside sampling or be silently wrong; `latents` as a tensor."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
@@ -302,67 +310,11 @@ class CosineDDIMPipeline(SavesCodeMixin, DiffusionPipeline):
         if guidance_scale != 1.0 and class_labels is None:
             raise ValueError(f"guidance_scale={guidance_scale} needs class_labels: guidance steers samples towards a "
                              "class, and without labels they are unconditional.")
+        if autoguidance_scale is not None and not (isinstance(autoguidance_scale, (int, float))
+                                                   and math.isfinite(autoguidance_scale)):
+            raise ValueError(f"autoguidance_scale must be a number (1.0: off; about 1.5 to 3 guides), got {autoguidance_scale!r}.")
+        if guidance_interval is not None:
+            check_guidance_interval(guidance_interval)
         if latents is not None and not isinstance(latents, torch.Tensor):
             latents = torch.as_tensor(np.asarray(latents, dtype=np.float32))  # e.g. a numpy array
         return latents
-
-    # ------------------------------------------------------------------ inversion and interpolation
-    def _as_tensor_images(self, images) -> torch.Tensor:
-        if isinstance(images, torch.Tensor):
-            return images
-        arrays = [np.asarray(image, dtype=np.float32) / 255.0 for image in images]
-        arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-
-    @torch.no_grad()
-    def invert(self, images, num_inference_steps: int = 50, class_labels=None) -> torch.Tensor:
-        """Deterministic DDIM run backwards: the noise that regenerates `images`.
-
-        Args:
-            images: (B, C, H, W) tensor in [0, 1], or a list of PIL images.
-            num_inference_steps: steps of the inversion (use the same when regenerating).
-            class_labels: for class-conditional models, the images' classes.
-
-        Returns:
-            Latents (B, C, H, W) such that `pipe(latents=..., num_inference_steps=...,
-            eta=0)` approximately gives `images` back. Each step from time s to t > s uses the
-            model's prediction at the current sample (x_s, t), the usual explicit DDIM inversion;
-            its error shrinks as `num_inference_steps` grows.
-        """
-        images = self._as_tensor_images(images)
-        channels = self.unet.config.in_channels
-        if images.ndim != 4 or images.shape[1] != channels:
-            raise ValueError(f"invert() needs images shaped (B, {channels}, H, W) for this {channels}-channel model, "
-                             f"got {tuple(images.shape)}.")
-        if images.numel() and (images.min() < 0 or images.max() > 1):
-            raise ValueError(f"invert() needs images in [0, 1], got values from {images.min().item():g} to "
-                             f"{images.max().item():g} (divide 0..255 images by 255).")
-        x = self.normalize(images.to(self._execution_device)).to(self.unet.dtype)
-        labels = self._class_labels(class_labels, x.shape[0])
-        scheduler = self.scheduler
-        scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        times = list(scheduler.timesteps.flip(0))  # 1/N, 2/N, ..., 1
-        previous = 0.0
-        for t in self.progress_bar(times):
-            x0_hat, eps_hat = scheduler.convert_model_output(self.predict(x, t, labels).float(), t, x.float())
-            if previous > 0:  # the sample lies at `previous`: re-derive x0 there from the same noise estimate
-                alpha_s, sigma_s = scheduler.signal_noise_rates(previous, x)
-                x0_hat = (x.float() - sigma_s * eps_hat) / alpha_s
-            else:
-                x0_hat = x.float()  # the first step starts from the clean images themselves
-            alpha_t, sigma_t = scheduler.signal_noise_rates(t, x)
-            x = (alpha_t * x0_hat + sigma_t * eps_hat).to(self.unet.dtype)
-            previous = float(t)
-        return x
-
-    @torch.no_grad()
-    def interpolate(self, start, end, num_frames: int = 8, num_inference_steps: int = 20, output_type: str = "pil",
-                    class_labels=None, guidance_scale: float = 1.0):
-        """Images along the spherical path between two noises (B=1 latents, shape (1, C, H, W)).
-
-        To interpolate between two images, invert them first: `pipe.interpolate(pipe.invert(a, n),
-        pipe.invert(b, n), num_inference_steps=n)`. Returns `num_frames` images in `output_type`.
-        """
-        frames = slerp(start[0], end[0], torch.linspace(0, 1, num_frames))
-        return self(latents=frames, num_inference_steps=num_inference_steps, output_type=output_type,
-                    class_labels=class_labels, guidance_scale=guidance_scale).images

@@ -19,7 +19,8 @@ from pathlib import Path
 from ..pipelines.pipeline_saving import PushError
 from .callbacks import Callback
 from .checkpoints import DiskFullError
-from .config import ConfigError, TrainingConfig, parse_config
+from .arguments import parse_config
+from .config import ConfigError, TrainingConfig
 from .rounds import distill
 from .trainer import Trainer
 

@@ -27,6 +27,7 @@ UNFINISHED_CHECKPOINT = re.compile(r"^\.checkpoint-(\d+)\.(partial|deleting)$")
 STATE_FILE = "training_state.json"
 PIPELINE_FILE = "pipeline.json"  # what a pipeline needs besides the weights: configs, image statistics, names
 EMA_FILE = "custom_checkpoint_0.pkl"  # Accelerate's file of the first registered object: the EMA
+GUIDE_FILE = "guide_unet.safetensors"  # the autoguidance guide, once a run with guide=ema_snapshot has taken it
 
 
 class DiskFullError(OSError):
@@ -227,7 +228,7 @@ def export_pipeline(checkpoint: str | Path, output_dir: str | Path, ema_weights:
 
     from ..models.unet_continuous import ContinuousUNet2DModel
     from ..pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
-    from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
+    from .components import sampling_components
 
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     if not checkpoint.is_dir() or not CHECKPOINT.match(checkpoint.name):
@@ -243,9 +244,17 @@ def export_pipeline(checkpoint: str | Path, output_dir: str | Path, ema_weights:
         with torch.no_grad():
             for parameter, value in zip(unet.parameters(), shadow, strict=True):
                 parameter.copy_(value)
-    pipe = CosineDDIMPipeline(unet.eval(), CosineDDIMScheduler.from_config(spec["scheduler"]),
+    guide = None
+    if (checkpoint / GUIDE_FILE).exists():
+        guide = ContinuousUNet2DModel.from_config(spec["unet"])
+        guide.load_state_dict(load_file(str(checkpoint / GUIDE_FILE)))
+        guide.eval()
+    scheduler, sampling = sampling_components(spec.get("sampling"), spec["scheduler"], guide is not None)
+    pipe = CosineDDIMPipeline(unet.eval(), scheduler,
                               image_mean=spec["image_mean"], image_std=spec["image_std"],
-                              distilled_steps=spec.get("distilled_steps"), class_names=spec.get("class_names"))
+                              distilled_steps=spec.get("distilled_steps"), class_names=spec.get("class_names"),
+                              guide_unet=guide, guide_info=None if guide is None else spec.get("guide_info"),
+                              sampling_defaults=sampling)
     pipe.save_pretrained(output_dir)
     run_config = checkpoint.parent / "training_config.yaml"
     if run_config.exists() and run_config.resolve() != (output_dir / "training_config.yaml").resolve():

@@ -9,6 +9,7 @@ from diffusers import UNet2DModel
 
 from ..models.unet_continuous import ContinuousUNet2DModel
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
+from ..schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
 from .config import ConfigError, TrainingConfig
 
 
@@ -24,7 +25,7 @@ def build_unet(config: TrainingConfig) -> ContinuousUNet2DModel:
         unet = ContinuousUNet2DModel(
             sample_size=config.resolution, in_channels=config.channels, out_channels=config.channels,
             schedule=config.schedule, min_signal_rate=config.min_signal_rate, max_signal_rate=config.max_signal_rate,
-            **config.unet,
+            self_conditioning=config.self_conditioning, **config.unet,
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"The unet section {config.unet} does not make a UNet: {error}") from error
@@ -42,6 +43,17 @@ def build_scheduler(config: TrainingConfig) -> CosineDDIMScheduler:
         schedule=config.schedule, min_signal_rate=config.min_signal_rate, max_signal_rate=config.max_signal_rate,
         prediction_type=config.prediction_type,
     )
+
+
+def sampling_components(sampling: dict | None, scheduler_config, guided: bool) -> tuple[CosineDDIMScheduler, dict]:
+    """The saved pipeline's scheduler and `sampling_defaults` from a config's `sampling` mapping: the
+    scheduler it names (`ddim` or `dpm_solver`, built from `scheduler_config`) and its other keys, without
+    `autoguidance_scale` while there is no guide (`guided`) yet."""
+    defaults = dict(sampling or {})
+    scheduler_class = CosineDPMSolverScheduler if defaults.pop("scheduler", "ddim") == "dpm_solver" else CosineDDIMScheduler
+    if not guided:
+        defaults.pop("autoguidance_scale", None)
+    return scheduler_class.from_config(scheduler_config), defaults
 
 
 def resolve_mixed_precision(value: str) -> str:

@@ -1,19 +1,17 @@
-"""Training configuration: one dataclass, filled from a YAML file and `--key value` overrides.
+"""Training configuration: one dataclass of every option, each checked when it is built (`arguments`
+fills it from a YAML file and `--key value` overrides).
 
 Names follow diffusers' example scripts (`train_unconditional.py`) where they exist.
 """
 
 import dataclasses
-import difflib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-import yaml
-
 from ..models.compile import check_compile_options
+from ..pipelines.guidance import check_sampling_defaults
 
 LOSSES = ("mae", "mse")
 LOSS_TARGETS = ("noise", "image", "velocity")
@@ -22,6 +20,9 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16", "auto")
 # diffusers.optimization's schedules (piecewise_constant needs a rule this config cannot give)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 BUILTIN_DATASET = "digits"
+TIME_DISTRIBUTIONS = ("uniform", "log_normal")
+GUIDES = ("ema_snapshot",)
+SAMPLERS = ("ddim", "dpm_solver")
 SECRET_FIELDS = ("hub_token",)
 
 
@@ -96,9 +97,26 @@ class TrainingConfig:
     snr_gamma: Optional[float] = field(
         default=None, metadata={"help": "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; off by default."}
     )
+    self_conditioning: bool = field(
+        default=False,
+        metadata={"help": "Self-conditioning (Chen et al. 2022): the UNet also takes its own previous clean-image "
+                          "estimate (in training, in half of the batches, from an extra forward pass without gradient)."},
+    )
     cond_drop_prob: float = field(
         default=0.1, metadata={"help": "Class-conditional models: chance a label is replaced by 'no class' (CFG)."}
     )
+    time_distribution: str = field(
+        default="uniform",
+        metadata={"help": "How training draws noise levels: 'uniform' in time t (the Keras DDIM example), or "
+                          "'log_normal': ln(sigma / alpha) ~ N(p_mean, p_std^2) (EDM, Karras et al. 2022), truncated "
+                          "to the schedule's [min_signal_rate, max_signal_rate]."},
+    )
+    p_mean: float = field(
+        default=-0.5,
+        metadata={"help": "time_distribution='log_normal': mean of ln(sigma / alpha). EDM's -1.2 is for data of std "
+                          "0.5; for data standardised to std 1 (normalization='dataset') the same levels are -1.2 + ln 2."},
+    )
+    p_std: float = field(default=1.2, metadata={"help": "time_distribution='log_normal': std of ln(sigma / alpha)."})
 
     # -- progressive distillation (Salimans & Ho 2022)
     teacher: Optional[str] = field(
@@ -112,6 +130,23 @@ class TrainingConfig:
         metadata={"help": "The students' step counts, one distillation round each, halving: e.g. 32 16 8 4 2 1 "
                           "(round 1 matches the teacher at 64 steps). Each round trains max_train_steps (or "
                           "num_epochs) and is saved in output_dir/student-N-steps."},
+    )
+
+    # -- autoguidance (Karras et al. 2024) and how the saved pipeline samples
+    guide: Optional[str] = field(
+        default=None,
+        metadata={"help": "Make an autoguidance guide in the same run: 'ema_snapshot' keeps the EMA weights at "
+                          "guide_fraction of the run as the pipeline's guide_unet (no extra training; the checkpoints "
+                          "and the saved pipeline carry one more copy of the weights)."},
+    )
+    guide_fraction: float = field(
+        default=0.25, metadata={"help": "guide='ema_snapshot': when to take it, as a fraction of the run's steps."}
+    )
+    sampling: Union[dict, str, None] = field(
+        default=None,
+        metadata={"help": "The saved pipeline's sampling defaults, as a mapping (YAML) or JSON string: scheduler "
+                          "('ddim' or 'dpm_solver'), num_inference_steps, autoguidance_scale (needs guide) and "
+                          "guidance_interval [sigma_lo, sigma_hi] (sigma = sigma_t / alpha_t; null: no upper bound)."},
     )
 
     # -- optimisation (the Keras DDIM example's AdamW)
@@ -250,6 +285,7 @@ class TrainingConfig:
         if not 0.0 <= self.ema_min_decay <= self.ema_decay:
             raise ConfigError(f"ema_min_decay={self.ema_min_decay} is not valid; expected a value in "
                               f"[0, ema_decay={self.ema_decay}].")
+        self._check_guidance_options()
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma} is not valid; expected a positive number (or unset).")
         if self.unet.get("num_class_embeds") and not self.label_column:
@@ -275,6 +311,34 @@ class TrainingConfig:
                 raise ConfigError(
                     f"unet.{name} is set from channels/resolution; remove it from the unet section."
                 )
+
+    def _check_guidance_options(self) -> None:
+        """The training time distribution, the guide and the sampling defaults, each named when invalid."""
+        if self.time_distribution not in TIME_DISTRIBUTIONS:
+            raise ConfigError(f"time_distribution={self.time_distribution!r} is not valid; expected one of "
+                              f"{TIME_DISTRIBUTIONS}.")
+        if not self.p_std > 0:
+            raise ConfigError(f"p_std={self.p_std} is not valid; expected a positive number.")
+        if self.guide is not None and self.guide not in GUIDES:
+            raise ConfigError(f"guide={self.guide!r} is not valid; expected one of {GUIDES} (or unset).")
+        if not 0.0 < self.guide_fraction < 1.0:
+            raise ConfigError(f"guide_fraction={self.guide_fraction} is not valid; expected a fraction in (0, 1).")
+        if isinstance(self.sampling, str):
+            try:
+                self.sampling = json.loads(self.sampling)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"sampling={self.sampling!r} is not a JSON mapping: {error}") from error
+        sampling = dict(self.sampling or {})
+        scheduler = sampling.pop("scheduler", "ddim")
+        if scheduler not in SAMPLERS:
+            raise ConfigError(f"sampling.scheduler={scheduler!r} is not valid; expected one of {SAMPLERS}.")
+        try:
+            check_sampling_defaults(sampling)
+        except ValueError as error:
+            raise ConfigError(f"sampling: {error}") from error
+        if sampling.get("autoguidance_scale", 1.0) != 1.0 and self.guide is None:
+            raise ConfigError(f"sampling.autoguidance_scale={sampling['autoguidance_scale']} needs a guide "
+                              f"(guide: {GUIDES[0]}).")
 
     def _check_optimisation_and_output_options(self) -> None:
         """The optimiser, data-loading and output options in range, each named when it is not."""
@@ -305,80 +369,7 @@ class TrainingConfig:
         return values
 
 
-def _merge_unet_override(args: list[str], base: dict) -> list[str]:
-    """`--unet '{...}'` on the command line updates the config file's `unet` section key by key (new widths
-    alone also drop the file's block types, which then follow the new number of levels)."""
-    args = list(args)
-    for i, arg in enumerate(args):
-        value = None
-        if arg == "--unet" and i + 1 < len(args):
-            value, where = args[i + 1], i + 1
-        elif arg.startswith("--unet="):
-            value, where = arg.split("=", 1)[1], i
-        if value is None:
-            continue
-        try:
-            given = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"--unet {value!r} is not a JSON mapping: {error}") from error
-        if not isinstance(given, dict):
-            raise ConfigError(f"--unet {value!r} is not a JSON mapping of UNet arguments.")
-        merged = dict(base)
-        if "block_out_channels" in given and len(given["block_out_channels"]) != len(base.get("block_out_channels", [])):
-            for key in ("down_block_types", "up_block_types"):
-                if key not in given:
-                    merged.pop(key, None)
-        merged.update(given)
-        merged = json.dumps(merged)
-        args[where] = merged if arg == "--unet" else f"--unet={merged}"
-    return args
-
-
 def data_name(config: "TrainingConfig") -> str:
     """A short name for the training data: the image folder's name, or the dataset's (its last part)."""
     source = config.train_data_dir or config.dataset_name or "data"
     return Path(str(source).rstrip("/\\")).expanduser().name or "data"
-
-
-def _field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainingConfig)]
-
-
-def _unknown_key_error(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _field_names(), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"Unknown config key {key!r} in {where}.{hint}")
-
-
-def parse_config(argv: list[str] | None = None) -> TrainingConfig:
-    """Build a `TrainingConfig` from `[--config FILE.yaml] [--key value ...]` (later wins)."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(TrainingConfig, description="Train a continuous-time DDIM with Accelerate.")
-    parser.add_argument("--config", type=str, default=None, help="YAML file with config keys.")
-    args = list(argv) if argv is not None else sys.argv[1:]
-    known, _ = parser.parse_known_args(args)
-    if known.config:
-        path = Path(known.config)
-        if not path.is_file():
-            raise ConfigError(f"Config file {str(path)!r} does not exist.")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from error
-        if not isinstance(values, dict):
-            raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values.")
-        for key in values:
-            if key not in _field_names():
-                raise _unknown_key_error(key, str(path))
-        parser.set_defaults(**values)
-        if isinstance(values.get("unet"), dict):
-            args = _merge_unet_override(args, values["unet"])
-    outputs = parser.parse_args_into_dataclasses(args, return_remaining_strings=True)
-    config, remaining = outputs[0], outputs[-1]  # between them: a namespace holding --config
-    flags = [r for r in remaining if r.startswith("--")]
-    if flags:
-        raise _unknown_key_error(flags[0].lstrip("-").split("=")[0], "the command line")
-    if remaining:
-        raise ConfigError(f"Unexpected command-line values {remaining}; use --key value.")
-    return config

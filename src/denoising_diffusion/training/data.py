@@ -298,3 +298,24 @@ def data_config(folder: Path, pipe, dataset: str | None = None, image_column: st
 def real_images(config: TrainingConfig, limit: int) -> torch.Tensor:
     """Up to `limit` of the dataset's images, float32 (N, C, H, W) in [0, 1]."""
     return prepare_dataset(config).pixels(limit).float().div(255.0)
+
+
+def number_of_classes(config: TrainingConfig, images: "TrainingImages") -> int:
+    """How many classes `label_column` has: its names (ClassLabel or `class_names`), else the largest label + 1."""
+    names = config.class_names or images.class_names
+    if names:
+        return len(names)
+    if images.streaming:
+        raise ConfigError(f"label_column={config.label_column!r} of a stream has no ClassLabel names, so its "
+                          "number of classes is not known before training: set class_names, or "
+                          "unet.num_class_embeds (the number of classes + 1).")
+    return int(images.labels().max()) + 1
+
+
+def class_names(config: TrainingConfig, images: "TrainingImages", num_classes: int) -> list[str] | None:
+    """The names of the classes 0..num_classes-1 (`class_names`, else the ClassLabel's), or None."""
+    names = config.class_names or images.class_names
+    if names is not None and len(names) != num_classes:
+        raise ConfigError(f"class_names has {len(names)} names ({names}), but the UNet has {num_classes} "
+                          "classes (unet.num_class_embeds - 1); give one name per class.")
+    return [str(name) for name in names] if names is not None else None

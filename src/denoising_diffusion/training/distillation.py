@@ -107,6 +107,9 @@ def check_teacher(teacher, config: TrainingConfig) -> None:
         )
     if unet.num_class_embeds is not None and config.label_column is None:
         raise ConfigError(f"The teacher {config.teacher!r} is class-conditional; set label_column to the class column.")
+    if unet.get("self_conditioning", False):
+        raise ConfigError(f"The teacher {config.teacher!r} is self-conditioned (self_conditioning); progressive "
+                          "distillation takes teachers without it.")
 
 
 class DistillationObjective:

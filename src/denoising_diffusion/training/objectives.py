@@ -6,18 +6,53 @@ from `generator`, which the trainer checkpoints, so a resumed run draws what an 
 would. Progressive distillation's objective is `distillation.DistillationObjective`.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from ..schedulers.noise_schedule import log_snr, time_from_log_snr
 from .config import TrainingConfig
+
+
+class TimeDistribution:
+    """Draws the training times t in [0, 1], i.e. which noise levels the network learns most.
+
+    * ``"uniform"``: t ~ U[0, 1] (the Keras DDIM example).
+    * ``"log_normal"``: ln(sigma_t / alpha_t) ~ N(p_mean, p_std^2), EDM's training distribution
+      (Karras et al. 2022), truncated to the schedule's range and drawn by inverting its CDF (one
+      uniform number per image, so a run stays reproducible from its generator).
+    """
+
+    def __init__(self, kind: str = "uniform", p_mean: float = -0.5, p_std: float = 1.2, schedule: str = "cosine",
+                 min_signal_rate: float = 0.02, max_signal_rate: float = 0.95):
+        self.kind, self.p_mean, self.p_std = kind, p_mean, p_std
+        self.schedule = (schedule, min_signal_rate, max_signal_rate)
+        if kind == "log_normal":
+            lam_0, lam_1 = log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64), *self.schedule).tolist()
+            normal = torch.distributions.Normal(p_mean, p_std)  # of ln(sigma / alpha) = -lambda
+            self.cdf_range = (float(normal.cdf(torch.tensor(-lam_0))), float(normal.cdf(torch.tensor(-lam_1))))
+
+    def sample(self, batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
+        """`batch_size` times in [0, 1], float32, on `device`."""
+        u = torch.rand(batch_size, generator=generator, device=device)
+        if self.kind == "uniform":
+            return u
+        low, high = self.cdf_range
+        u = (low + u.double() * (high - low)).clamp(1e-12, 1 - 1e-12)
+        log_sigma = self.p_mean + self.p_std * math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+        return time_from_log_snr(-log_sigma, *self.schedule).float()
 
 
 class DiffusionObjective:
     """The denoising loss of the Keras DDIM example (Béres 2022) and its R/torch port (Falbel 2023).
 
-    For each image x0 draw one continuous time t ~ U[0, 1] and noise eps, form
+    For each image x0 draw one continuous time t (`times`, uniform by default) and noise eps, form
     x_t = alpha_t x0 + sigma_t eps, and penalise the network's estimate of the noise, the image or
     the velocity (`loss_on`) with MAE or MSE (`loss`), whatever the network's `prediction_type`.
+
+    With `self_conditioning`, the network also sees its own clean-image estimate in half of the batches
+    (`self_condition`), at the cost of one more forward pass without gradient in those batches.
 
     With `snr_gamma`, each image's loss is weighted by Min-SNR-gamma (Hang et al. 2023). For MSE the
     weight is min(SNR, g) in image space, i.e. min(SNR, g) / SNR on the noise, min(SNR, g) on the
@@ -32,12 +67,30 @@ class DiffusionObjective:
 
     distilled_steps = None  # a plain diffusion model samples with any number of steps
 
-    def __init__(self, loss: str = "mae", loss_on: str = "noise", snr_gamma: float | None = None):
+    @staticmethod
+    def self_condition(unet, scheduler, noisy: torch.Tensor, t: torch.Tensor, generator: torch.Generator,
+                       class_labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Self-conditioning (Chen et al. 2022, Algorithm 1): for half of the batches (drawn from
+        `generator`), the network's own clean-image estimate from a first pass without gradient; None
+        (zeros, as at the first sampling step) for the others."""
+        if torch.rand(1, generator=generator, device=noisy.device).item() >= 0.5:
+            return None
+        with torch.no_grad():
+            first = unet(noisy, t, class_labels=class_labels).sample.float()
+            estimate, _ = scheduler.convert_model_output(first, t, noisy.float())
+        return estimate.to(noisy.dtype)
+
+    def __init__(self, loss: str = "mae", loss_on: str = "noise", snr_gamma: float | None = None,
+                 times: TimeDistribution | None = None, self_conditioning: bool = False):
         self.loss, self.loss_on, self.snr_gamma = loss, loss_on, snr_gamma
+        self.times = times or TimeDistribution()
+        self.self_conditioning = self_conditioning
 
     @classmethod
     def from_config(cls, config: TrainingConfig) -> "DiffusionObjective":
-        return cls(config.loss, config.loss_on, config.snr_gamma)
+        times = TimeDistribution(config.time_distribution, config.p_mean, config.p_std, config.schedule,
+                                 config.min_signal_rate, config.max_signal_rate)
+        return cls(config.loss, config.loss_on, config.snr_gamma, times, config.self_conditioning)
 
     def to(self, device) -> "DiffusionObjective":
         return self
@@ -46,9 +99,12 @@ class DiffusionObjective:
                  class_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Losses for one batch x0 (B, C, H, W) in model space; `class_labels` (B,) or None."""
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
+        t = self.times.sample(x0.shape[0], generator, x0.device)
         noisy = scheduler.add_noise(x0, noise, t)
-        prediction = unet(noisy, t, class_labels=class_labels).sample.float()
+        extra = {}
+        if self.self_conditioning:
+            extra["self_condition"] = self.self_condition(unet, scheduler, noisy, t, generator, class_labels)
+        prediction = unet(noisy, t, class_labels=class_labels, **extra).sample.float()
         x0_hat, eps_hat = scheduler.convert_model_output(prediction, t, noisy)
         alpha, sigma = scheduler.signal_noise_rates(t, x0)
         if self.loss_on == "noise":

@@ -37,9 +37,10 @@ from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .callbacks import Callback, HubPushes, KIDEvaluation, SampleGrids, Throughput
 from .checkpoints import (Checkpoints, check_checkpoint_fits, check_output_dir, checkpoint_step, remove_previous_run,
                           remove_unfinished_checkpoints, resume_target)
-from .components import build_scheduler, build_unet, resolve_mixed_precision
+from .components import build_scheduler, build_unet, resolve_mixed_precision, sampling_components
 from .config import ConfigError, TrainingConfig
-from .data import check_labels, pixel_statistics, prepare_dataset
+from .data import check_labels, class_names, number_of_classes, pixel_statistics, prepare_dataset
+from .guide import GuideSnapshot
 from .monitor import LossMonitor
 from .objectives import DiffusionObjective
 
@@ -78,7 +79,7 @@ class Trainer:
         with accelerator.main_process_first():  # the others then read the decoded data from datasets' cache
             self.images = prepare_dataset(config)
         if unet is None and config.label_column is not None and config.unet.get("num_class_embeds") is None:
-            config.unet["num_class_embeds"] = self._number_of_classes() + 1  # the last one means "no class"
+            config.unet["num_class_embeds"] = number_of_classes(config, self.images) + 1  # the last one means "no class"
         set_seed(config.seed)
         self.objective = (objective or DiffusionObjective.from_config(config)).to(accelerator.device)
         self.unet = unet if unet is not None else build_unet(config)
@@ -90,7 +91,7 @@ class Trainer:
         self.class_names = None
         if self.use_labels:
             check_labels(self.images.labels(), config.label_column, self.null_class_label)
-            self.class_names = self._class_names()
+            self.class_names = class_names(config, self.images, self.null_class_label)
         self._prepare_model_and_data()
         self.generator = torch.Generator(device=accelerator.device).manual_seed(
             config.seed + 1000 * accelerator.process_index + 1
@@ -98,6 +99,9 @@ class Trainer:
         if self.resume_path is not None:
             check_checkpoint_fits(self.resume_path, self.accelerator.unwrap_model(self.unet).config)
         self.checkpoints = Checkpoints(accelerator, self.output_dir, config.checkpoints_total_limit)
+        self.guide = GuideSnapshot(config.guide_fraction, self.max_train_steps) if config.guide else None
+        if self.guide is not None:
+            self.guide.check_resume(self.resume_path)
         self.callbacks = self._builtin_callbacks() + list(callbacks)
         self.stats = tuple(torch.tensor(v, device=accelerator.device).view(1, -1, 1, 1)
                            for v in (self.image_mean, self.image_std))
@@ -106,24 +110,6 @@ class Trainer:
         accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ set-up (all checks first)
-    def _number_of_classes(self) -> int:
-        """How many classes `label_column` has: its names (ClassLabel or `class_names`), else the largest label + 1."""
-        names = self.config.class_names or self.images.class_names
-        if names:
-            return len(names)
-        if self.images.streaming:
-            raise ConfigError(f"label_column={self.config.label_column!r} of a stream has no ClassLabel names, so its "
-                              "number of classes is not known before training: set class_names, or "
-                              "unet.num_class_embeds (the number of classes + 1).")
-        return int(self.images.labels().max()) + 1
-
-    def _class_names(self) -> list[str] | None:
-        names = self.config.class_names or self.images.class_names
-        if names is not None and len(names) != self.null_class_label:
-            raise ConfigError(f"class_names has {len(names)} names ({names}), but the UNet has {self.null_class_label} "
-                              "classes (unet.num_class_embeds - 1); give one name per class.")
-        return [str(name) for name in names] if names is not None else None
-
     def _image_statistics(self) -> tuple[list[float], list[float]]:
         if self.config.normalization == "dataset":
             return pixel_statistics(self.images, self.config)
@@ -179,6 +165,8 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         images_per_step = config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
         callbacks = [Throughput(images_per_step, self.max_train_steps, accelerator.device)]
+        if self.guide is not None:
+            callbacks.append(self.guide)
         if config.eval_every_epochs and accelerator.is_main_process:  # only the main process evaluates
             count = config.eval_num_samples if config.streaming else min(self.images.num_examples, 5000)
             callbacks.append(KIDEvaluation(config, self.images.pixels(count), accelerator.device,
@@ -214,8 +202,9 @@ class Trainer:
             state.update(callback.state_dict())
         unet = self.accelerator.unwrap_model(self.unet)
         pipeline = {"unet": dict(unet.config), "scheduler": dict(self.noise_scheduler.config),
-                    "image_mean": self.image_mean, "image_std": self.image_std,
+                    "sampling": self.config.sampling, "image_mean": self.image_mean, "image_std": self.image_std,
                     "distilled_steps": self.objective.distilled_steps, "class_names": self.class_names,
+                    "guide_info": None if self.guide is None else self.guide.info,
                     "summary": {"hardware": self.hardware(), "num_train_images": self.images.num_examples}}
         return self.checkpoints.save(step, self.generator, state, json.loads(json.dumps(pipeline, default=list)))
 
@@ -252,16 +241,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ what callbacks use
     def pipeline(self, ema_weights: bool = True) -> CosineDDIMPipeline:
-        """A pipeline around an unwrapped copy of the UNet (with the EMA weights when kept)."""
+        """A pipeline around an unwrapped copy of the UNet (with the EMA weights when kept), its guide once
+        taken, and the config's sampling scheduler and defaults."""
         unet = self.accelerator.unwrap_model(self.unet)
         copy = ContinuousUNet2DModel.from_config(unet.config)
         copy.load_state_dict(unet.state_dict())
         if ema_weights and self.ema is not None:
             self.ema.copy_to(copy.parameters())
-        pipe = CosineDDIMPipeline(copy.to(self.accelerator.device).eval(),
-                                  CosineDDIMScheduler.from_config(self.noise_scheduler.config),
+        copy = copy.to(self.accelerator.device).eval()
+        guide = None if self.guide is None else self.guide.unet(copy)  # None before the snapshot
+        scheduler, defaults = sampling_components(self.config.sampling, self.noise_scheduler.config, guide is not None)
+        pipe = CosineDDIMPipeline(copy, scheduler,
                                   image_mean=self.image_mean, image_std=self.image_std,
-                                  distilled_steps=self.objective.distilled_steps, class_names=self.class_names)
+                                  distilled_steps=self.objective.distilled_steps, class_names=self.class_names,
+                                  guide_unet=guide, guide_info=None if guide is None else self.guide.info,
+                                  sampling_defaults=defaults)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -1,0 +1,158 @@
+"""Autoguidance and guidance intervals: what a guide must share with the model it guides, and the
+checked forms of the guidance settings a pipeline stores.
+
+Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself") extrapolates
+from a weaker version of the same model, `guide + w (main - guide)`, which pushes samples away from
+what the weaker model gets wrong: outliers and malformed samples, for unconditional models too. A
+guidance interval (Kynkaanniemi et al. 2024) applies guidance only in a band of noise levels,
+sigma_lo < sigma <= sigma_hi, where sigma = sigma_t / alpha_t is EDM's noise level in model space.
+
+`GuidanceMixin` gives `CosineDDIMPipeline` the guided denoiser (`predict`), the per-step plan of which
+guidance applies (`guidance_plan`) and its cost (`network_evaluations`).
+
+This module travels with saved pipelines, so it imports only the standard library and torch.
+"""
+
+import math
+
+import torch
+
+# What an autoguidance guide must share with the main UNet: the noise schedule, the inputs and outputs.
+GUIDE_KEYS = ("schedule", "min_signal_rate", "max_signal_rate", "in_channels", "out_channels", "sample_size",
+              "num_class_embeds")
+# `sampling_defaults`: what the pipeline's `__call__` uses for the arguments it is not given.
+SAMPLING_DEFAULT_KEYS = ("num_inference_steps", "autoguidance_scale", "guidance_interval")
+NO_INTERVAL = (0.0, math.inf)
+
+
+def check_guide_matches(unet, guide_unet) -> None:
+    """Raise `ValueError` unless `guide_unet` can guide `unet`: the same noise schedule, channels, size and classes."""
+    differ = [k for k in GUIDE_KEYS if k not in guide_unet.config
+              or _plain(guide_unet.config[k]) != _plain(unet.config[k])]
+    if differ:
+        raise ValueError("guide_unet cannot guide this unet: they differ in " + ", ".join(
+            f"{k} ({guide_unet.config.get(k)!r} vs {unet.config[k]!r})" for k in differ)
+            + ". An autoguidance guide is a weaker version of the same model: same schedule, channels, size and classes.")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """`(sigma_lo, sigma_hi)` with 0 <= sigma_lo < sigma_hi, as floats (sigma_hi None or inf: no upper
+    bound); else `ValueError`."""
+    try:
+        low, high = interval
+        low, high = float(low), math.inf if high is None else float(high)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_interval must be two noise levels (sigma_lo, sigma_hi) with sigma = sigma_t / "
+                         f"alpha_t, e.g. (0.3, 5.0), got {interval!r}.") from None
+    if not 0.0 <= low < high:
+        raise ValueError(f"guidance_interval must satisfy 0 <= sigma_lo < sigma_hi, got {interval!r}.")
+    return low, high
+
+
+def check_sampling_defaults(defaults: dict | None) -> dict:
+    """`sampling_defaults` checked: only `SAMPLING_DEFAULT_KEYS`, each valid (the interval as a list)."""
+    defaults = dict(defaults or {})
+    unknown = sorted(set(defaults) - set(SAMPLING_DEFAULT_KEYS))
+    if unknown:
+        raise ValueError(f"Unknown sampling_defaults {unknown}; expected some of {list(SAMPLING_DEFAULT_KEYS)}.")
+    steps = defaults.get("num_inference_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"sampling_defaults num_inference_steps must be an integer >= 1, got {steps!r}.")
+    scale = defaults.get("autoguidance_scale")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 1.0):
+        raise ValueError(f"sampling_defaults autoguidance_scale must be a number >= 1 (1: no guidance), got {scale!r}.")
+    if defaults.get("guidance_interval") is not None:
+        low, high = check_guidance_interval(defaults["guidance_interval"])
+        defaults["guidance_interval"] = [low, high if math.isfinite(high) else None]  # JSON has no inf
+    return defaults
+
+
+class GuidanceMixin:
+    """Classifier-free guidance, autoguidance and guidance intervals for `CosineDDIMPipeline` (listed
+    before it): what each sampling step evaluates, and what a call costs."""
+
+    def _denoiser(self, unet, sample: torch.Tensor, t, labels: torch.Tensor | None, guidance_scale: float,
+                  self_condition: torch.Tensor | None = None):
+        """One network's output at time `t`, with classifier-free guidance when `guidance_scale != 1`."""
+        null = self.null_class_label
+        extra = {} if self_condition is None else {"self_condition": self_condition}
+        if labels is None:
+            none = None if null is None else torch.full((sample.shape[0],), null, device=sample.device)
+            return unet(sample, t, class_labels=none, **extra).sample
+        if guidance_scale == 1.0:
+            return unet(sample, t, class_labels=labels, **extra).sample
+        if self_condition is not None:
+            extra = {"self_condition": torch.cat([self_condition, self_condition])}
+        both = unet(torch.cat([sample, sample]), t, class_labels=torch.cat([labels, torch.full_like(labels, null)]),
+                    **extra).sample
+        cond, uncond = both.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def predict(self, sample: torch.Tensor, t, labels: torch.Tensor | None = None, guidance_scale: float = 1.0,
+                autoguidance_scale: float = 1.0, self_condition: torch.Tensor | None = None):
+        """The UNet's output at time `t`, guided.
+
+        * classifier-free guidance (`guidance_scale != 1`, needs `labels`): `uncond + w (cond - uncond)`;
+        * autoguidance (`autoguidance_scale != 1`, needs `guide_unet`; Karras et al. 2024):
+          `guide + w_a (main - guide)`, where `main` is the (classifier-free guided) UNet output and
+          `guide` is `guide_unet`'s output for the same labels. Outputs of one `prediction_type` combine
+          linearly, so this is the same combination of the two denoisers' clean-image estimates.
+
+        `labels=None` on a class-conditional model means "no class" (unconditional). `self_condition`:
+        for a self-conditioned UNet, the previous clean-image estimate (None: zeros). Each network
+        evaluation costs one forward pass of its batch; nothing here reads device values back.
+        """
+        main = self._denoiser(self.unet, sample, t, labels, guidance_scale, self_condition)
+        if autoguidance_scale == 1.0:
+            return main
+        guide = self._denoiser(self.guide_unet, sample, t, labels, 1.0, self_condition)
+        return guide + autoguidance_scale * (main - guide)
+
+    @property
+    def self_conditioned(self) -> bool:
+        """Whether the UNet takes its previous clean-image estimate (`self_conditioning`, Chen et al. 2022)."""
+        return bool(self.unet.config.get("self_conditioning", False))
+
+    def noise_level(self, t) -> float:
+        """sigma = sigma_t / alpha_t (EDM's noise level in model space) at time `t`, as `guidance_interval` states it."""
+        alpha, sigma = self.scheduler.signal_noise_rates(torch.as_tensor(float(t), dtype=torch.float64))
+        return float(sigma / alpha)
+
+    def sampling_default(self, name: str, given):
+        """`given` unless it is None, else this pipeline's `sampling_defaults[name]` (None if unset)."""
+        if given is not None:
+            return given
+        return (self.config.get("sampling_defaults") or {}).get(name)
+
+    def guidance_plan(self, num_inference_steps: int | None = None, guidance_scale: float = 1.0,
+                      autoguidance_scale: float | None = None, guidance_interval=None) -> list[tuple[float, float]]:
+        """(guidance_scale, autoguidance_scale) for each sampling step, as `__call__` would use them
+        (guidance only at noise levels inside `guidance_interval`). Sets the scheduler's timesteps."""
+        num_inference_steps = self._steps(num_inference_steps)
+        autoguidance_scale = float(self.sampling_default("autoguidance_scale", autoguidance_scale) or 1.0)
+        interval = self.sampling_default("guidance_interval", guidance_interval)
+        low, high = NO_INTERVAL if interval is None else check_guidance_interval(interval)
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        times = self.scheduler.timesteps.cpu()  # one read-back, before sampling starts
+        return [(guidance_scale, autoguidance_scale) if low < self.noise_level(t) <= high else (1.0, 1.0)
+                for t in times]
+
+    def network_evaluations(self, num_inference_steps: int | None = None, guidance_scale: float = 1.0,
+                            autoguidance_scale: float | None = None, guidance_interval=None,
+                            class_labels: bool = False) -> int:
+        """Forward passes per image that `__call__` makes with these arguments: one per step, one more per
+        step for classifier-free guidance (with `class_labels`) and for each network autoguidance adds."""
+        total = 0
+        for cfg, auto in self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval):
+            main = 2 if class_labels and cfg != 1.0 else 1
+            total += main + (1 if auto != 1.0 else 0)
+        return total
+
+    def _steps(self, num_inference_steps: int | None) -> int:
+        if num_inference_steps is not None:
+            return num_inference_steps
+        return self.config.get("distilled_steps") or self.sampling_default("num_inference_steps", None) or 20

@@ -1,0 +1,55 @@
+"""benchmarks/quality.py, the sample-quality study, end to end on a tiny spec (it trains through the
+normal training path, tunes guidance on one noise and reports on another)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from test_training import ROOT
+
+SPEC = {
+    "base_config": str(ROOT / "configs" / "digits.yaml"),
+    "overrides": {"resolution": 8, "max_train_steps": 4, "train_batch_size": 8, "max_train_samples": 40,
+                  "logger": "none", "checkpointing_steps": 1000, "save_images_steps": 1000, "num_grid_images": 4,
+                  "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}},
+    "seeds": [1, 2],
+    "variants": {"plain": {}, "guided": {"guide": "ema_snapshot", "guide_fraction": 0.5}},
+    "evaluation": {
+        "features": "digits", "num_samples": 30, "budget": 6,
+        "samplers": {"ddim": {"scheduler": "ddim"}, "dpm_solver": {"scheduler": "dpm_solver"},
+                     "dpm_3": {"scheduler": "dpm_solver", "steps": 3}},
+        "tune": {"scheduler": "dpm_solver", "autoguidance_scale": [1.5, 2.0],
+                 "guidance_interval": [[0.0, 1.0], [1.0, None]], "select": "recognised", "reference": "dpm_solver"},
+    },
+}
+
+
+def test_the_study_trains_each_seed_tunes_on_other_noise_and_reports_at_the_budget(tmp_path):
+    spec = {**SPEC, "output_dir": str(tmp_path / "runs")}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "BENCHMARK_RESULTS": str(tmp_path / "results"), "TQDM_DISABLE": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), str(tmp_path / "tiny.yaml")],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = json.loads(next((tmp_path / "results").glob("quality-tiny-*.json")).read_text())
+    assert out["budget"] == 6 and out["noise"] == {"report": 0, "tuning": 1}
+    plain, guided = out["variants"]["plain"], out["variants"]["guided"]
+    assert "tuned" not in plain["samplers"] and "tuning" not in plain  # nothing to tune without a guide
+    for variant in (plain, guided):
+        assert [run["seed"] for run in variant["samplers"]["ddim"]["per_seed"]] == [1, 2]
+        assert variant["samplers"]["ddim"]["mean"]["network_evaluations"] == 6  # as many steps as fit
+        assert variant["samplers"]["dpm_3"]["mean"]["steps"] == 3
+        for sampler in variant["samplers"].values():
+            mean = sampler["mean"]
+            assert mean["network_evaluations"] <= 6 and len(mean["class_balance"]) == 10
+            assert {"kid", "kid_std", "kid_seed_spread", "recognised", "nn_ratio"} <= set(mean)
+    assert len(guided["tuning"]) == 4
+    tuned = guided["samplers"]["tuned"]
+    assert tuned["settings"] in [candidate["sampler"] for candidate in guided["tuning"]]
+    # a guided step costs two evaluations: fewer steps fit in the budget than unguided
+    assert tuned["mean"]["steps"] < 6
+    assert [t["guide"]["step"] for t in guided["training"]] == [2, 2]
+    assert "KID" in result.stdout and "tuned" in result.stdout
