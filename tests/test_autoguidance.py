@@ -270,3 +270,33 @@ def test_uniform_times_are_the_plain_draws_and_log_normal_times_follow_edms_trun
     assert abs(log_sigma.mean().item() - expected.mean()) < 0.02
     assert abs(log_sigma.std().item() - expected.std()) < 0.02
     assert log_sigma.min() >= low - 1e-4 and log_sigma.max() <= high + 1e-4
+
+
+BY_REPO_ID = """
+import sys, torch
+from denoising_diffusion import CosineDDIMPipeline
+pipe = CosineDDIMPipeline.from_pretrained(sys.argv[1])
+pipe.set_progress_bar_config(disable=True)
+images = pipe(batch_size=2, generator=torch.Generator().manual_seed(7), output_type="pt").images
+torch.save({"images": images, "info": dict(pipe.config.guide_info), "guided": pipe.guide_unet is not None}, sys.argv[2])
+"""
+
+
+def test_a_guided_pipeline_pushed_to_the_hub_loads_by_repo_id_with_its_guide(tmp_path):
+    from fake_hub import FakeHub
+    from test_hub import SECRET, run
+
+    info = {"kind": "ema_snapshot", "step": 3, "of_steps": 12}
+    pipe = guided_pipeline(sampling_defaults={"num_inference_steps": 4, "autoguidance_scale": 2.0}, guide_info=info)
+    pipe.save_pretrained(tmp_path / "model")
+    expected = pipe(batch_size=2, generator=torch.Generator().manual_seed(7), output_type="pt").images
+    with FakeHub() as hub:
+        run(["-m", "denoising_diffusion.hub", "push", str(tmp_path / "model"), "--repo_id", "someone/guided",
+             "--token", SECRET], hub, tmp_path)
+        files = hub.repos["someone/guided"]["files"]
+        assert {"guide_unet/config.json", "guide_unet/diffusion_pytorch_model.safetensors",
+                "guide_unet/unet_continuous.py"} <= set(files)
+        run(["-c", BY_REPO_ID, "someone/guided", str(tmp_path / "hub.pt")], hub, tmp_path)
+    loaded = torch.load(tmp_path / "hub.pt")
+    assert loaded["guided"] and loaded["info"] == info
+    torch.testing.assert_close(loaded["images"], expected, rtol=0, atol=0)
