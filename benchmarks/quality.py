@@ -1,9 +1,9 @@
 """The sample-quality study: recipes trained on the same images, seeds paired, samplers compared at
 the same number of network evaluations, guidance tuned on one set of noise and reported on another.
 
-    python benchmarks/quality.py configs/studies/digits.yaml              # about 1 h on a 2-core CPU
-    python benchmarks/quality.py configs/studies/emoji32.yaml             # needs data/emoji (data/emoji.py)
-    python benchmarks/quality.py configs/studies/digits.yaml --variants default --seeds 42
+    python benchmarks/quality.py benchmarks/studies/digits.yaml              # about 1 h on a 2-core CPU
+    python benchmarks/quality.py benchmarks/studies/emoji32.yaml             # needs data/emoji (data/emoji.py)
+    python benchmarks/quality.py benchmarks/studies/digits.yaml --variants default --seeds 42
 
 A study spec is a sweep spec (`python -m denoising_diffusion.sweep`: `base_config`, `overrides`,
 `variants`, `seeds`; finished runs are reused) plus `evaluation`:
@@ -55,9 +55,14 @@ def fitting_steps(pipe, sampler: dict, budget: int) -> int:
     return best
 
 
+def interval(sampler: dict) -> tuple:
+    """The sampler's guidance interval; every step when it names none (never the pipeline's stored default)."""
+    return tuple(sampler.get("guidance_interval") or (0.0, None))
+
+
 def evaluations(pipe, sampler: dict, steps: int) -> int:
     return pipe.network_evaluations(steps, sampler.get("guidance_scale", 1.0), sampler.get("autoguidance_scale", 1.0),
-                                    sampler.get("guidance_interval"), class_labels=bool(sampler.get("conditional")))
+                                    interval(sampler), class_labels=bool(sampler.get("conditional")))
 
 
 class Scorer:
@@ -109,7 +114,7 @@ class Scorer:
         if sampler.get("conditional"):
             labels = torch.arange(self.num_classes).repeat(self.num_samples // self.num_classes + 1)[:self.num_samples]
         kwargs = {"autoguidance_scale": sampler.get("autoguidance_scale", 1.0),
-                  "guidance_interval": sampler.get("guidance_interval"),
+                  "guidance_interval": interval(sampler),
                   "guidance_scale": sampler.get("guidance_scale", 1.0)}
         images, _ = generate(pipe, self.num_samples, steps, seed=noise_seed, class_labels=labels, **kwargs)
         return images, labels
@@ -134,7 +139,8 @@ class Scorer:
                  "nn_reference": self.nn_reference}
         if self.kind == "digits":
             return {**floor, "training_digits_recognised": self.real_recognised,
-                    "held_out_digits_recognised": self.extractor.held_out_recognised_fraction(self.train.shape[-1]),
+                    "held_out_digits_recognised": self.extractor.held_out_recognised_fraction(size=self.train.shape[-1]),
+                    "held_out_digits_recognised_8x8": self.extractor.held_out_recognised_fraction(),
                     "digits_classifier_test_accuracy": self.extractor.test_accuracy}
         return {**floor, "category_classifier_accuracy": self.accuracy,
                 "category_classifier_balanced_accuracy": self.balanced_accuracy}
@@ -280,7 +286,7 @@ def format_scores(mean: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="Study spec YAML (configs/studies/*.yaml).")
+    parser.add_argument("spec", help="Study spec YAML (benchmarks/studies/*.yaml).")
     parser.add_argument("--variants", nargs="+", default=None, help="Only these variants.")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Overrides the spec's seeds.")
     args = parser.parse_args()

@@ -300,3 +300,15 @@ def test_a_guided_pipeline_pushed_to_the_hub_loads_by_repo_id_with_its_guide(tmp
     loaded = torch.load(tmp_path / "hub.pt")
     assert loaded["guided"] and loaded["info"] == info
     torch.testing.assert_close(loaded["images"], expected, rtol=0, atol=0)
+
+
+def test_the_default_digits_config_saves_a_pipeline_that_samples_its_measured_best_with_no_arguments(tmp_path):
+    from test_training import ROOT
+
+    out = train(parse_config(["--config", str(ROOT / "configs" / "digits.yaml"), "--output_dir", str(tmp_path / "d"),
+                              "--max_train_steps", "4", "--max_train_samples", "64", "--num_grid_images", "2",
+                              "--logger", "none"]))
+    pipe = CosineDDIMPipeline.from_pretrained(out)
+    assert type(pipe.scheduler) is CosineDPMSolverScheduler and pipe.guide_unet is not None
+    assert pipe.config.guide_info == {"kind": "ema_snapshot", "step": 1, "of_steps": 4}
+    assert pipe.network_evaluations() == 10  # 7 steps, 3 of them guided: the budget it was measured at

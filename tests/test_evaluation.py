@@ -83,10 +83,11 @@ def test_evaluate_command_prints_a_table_and_writes_json(trained, tmp_path):
         [sys.executable, "-m", "denoising_diffusion.evaluate", "--model", str(trained), "--steps", "2", "4",
          "--num_samples", "40", "--output", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| steps | KID | FID | time (s) | images/s | recognised (p >= 0.9) |" in result.stdout
+    assert "| steps | network evaluations | KID | FID | time (s) | images/s | recognised (p >= 0.9) |" in result.stdout
     assert "| real vs real |" in result.stdout
     data = json.loads(out.read_text())
     assert [row["steps"] for row in data["results"]] == [2, 4]
+    assert [row["network_evaluations"] for row in data["results"]] == [2, 4]  # no guide: one per step
     assert data["features"] == "digits" and data["num_real"] == 1797  # the whole dataset the model was trained on
     assert all(row["kid"] > data["real_vs_real"]["kid"] for row in data["results"])
     assert data["feature_extractor_test_accuracy"] >= 0.95
@@ -162,6 +163,8 @@ def test_class_balance_is_one_for_real_digits_and_shows_a_dropped_digit():
     images = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
     ratios = features.class_balance(images)
     assert all(0.85 < r < 1.15 for r in ratios)
+    # real digits the classifier never saw, upscaled as the training data is, are mostly recognised
+    assert 0.85 < features.held_out_recognised_fraction(size=16) <= 1
     without_sevens = images[torch.as_tensor(digits.target) != 7]
     ratios = features.class_balance(without_sevens)
     assert ratios[7] < 0.05 and all(r > 1.0 for i, r in enumerate(ratios) if i != 7)

@@ -11,7 +11,7 @@ import yaml
 from test_training import ROOT
 
 SPEC = {
-    "base_config": str(ROOT / "configs" / "digits.yaml"),
+    "base_config": str(ROOT / "configs" / "digits_keras.yaml"),
     "overrides": {"resolution": 8, "max_train_steps": 4, "train_batch_size": 8, "max_train_samples": 40,
                   "logger": "none", "checkpointing_steps": 1000, "save_images_steps": 1000, "num_grid_images": 4,
                   "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}},
@@ -36,6 +36,9 @@ def test_the_study_trains_each_seed_tunes_on_other_noise_and_reports_at_the_budg
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = json.loads(next((tmp_path / "results").glob("quality-tiny-*.json")).read_text())
     assert out["budget"] == 6 and out["noise"] == {"report": 0, "tuning": 1}
+    real = out["real"]
+    assert 0.8 < real["held_out_digits_recognised"] <= 1 and 0.8 < real["held_out_digits_recognised_8x8"] <= 1
+    assert real["real_vs_real_kid_std"] > 0 and real["nn_reference"] > 0
     plain, guided = out["variants"]["plain"], out["variants"]["guided"]
     assert "tuned" not in plain["samplers"] and "tuning" not in plain  # nothing to tune without a guide
     for variant in (plain, guided):

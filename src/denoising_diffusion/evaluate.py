@@ -28,7 +28,8 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="au
              dataset: str | None = None, image_column: str | None = None, train_data_dir: str | None = None,
              inception_weights: str | None = None, num_real: int = 10000, batch_size: int = 256, seed: int = 0,
              device: str | None = None) -> dict:
-    """KID/FID of `model`'s samples at each step count; returns a JSON-ready dict.
+    """KID/FID of `model`'s samples at each step count (with the pipeline's own sampling defaults, e.g. its
+    autoguidance; each row says what a sample cost in network evaluations); returns a JSON-ready dict.
 
     `features` is "auto", "digits", "inception" or any `nn.Module` mapping images (N, C, H, W) in
     [0, 1] to features (N, D).
@@ -52,7 +53,8 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="au
     for n in steps:
         fake, seconds = generate(pipe, num_samples, n, batch_size=batch_size, seed=seed)
         scores = score_samples(fake, real_features, extractor, batch_size)
-        rows.append({"steps": n, **scores, "seconds": seconds, "images_per_second": num_samples / seconds})
+        rows.append({"steps": n, "network_evaluations": pipe.network_evaluations(n), **scores, "seconds": seconds,
+                     "images_per_second": num_samples / seconds})
     result = {
         "model": str(model), "dataset": config.train_data_dir or config.dataset_name, "num_real": len(real),
         "num_samples": num_samples, "features": features, "seed": seed, "device": str(device),
@@ -62,7 +64,8 @@ def evaluate(model: str, steps: list[int], num_samples: int = 1000, features="au
     }
     if features == "digits":
         result["feature_extractor_test_accuracy"] = extractor.test_accuracy
-        result["real_vs_real"]["recognised"] = extractor.held_out_recognised_fraction()
+        # real digits the classifier never saw, at the model's resolution (upscaled as the training data is)
+        result["real_vs_real"]["recognised"] = extractor.held_out_recognised_fraction(size=real.shape[-1])
     return result
 
 

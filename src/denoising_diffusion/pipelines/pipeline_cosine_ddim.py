@@ -65,7 +65,7 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         distilled_steps (`int`, *optional*): for a student of progressive distillation, the number of
             DDIM steps it was distilled for; `__call__` then uses it when `num_inference_steps` is not given.
         class_names (`list[str]`, *optional*): for a class-conditional UNet, the names of its classes
-            0..N-1 (`class_labels` may then name them).
+            0..N-1 (`class_labels` may then name them); stored in the config as `{"0": name, ...}`.
         guide_unet ([`ContinuousUNet2DModel`], *optional*): a weaker version of `unet` (e.g. an early snapshot
             of the same training run) for autoguidance (Karras et al. 2024); see `autoguidance_scale`.
         guide_info (`dict`, *optional*): where `guide_unet` comes from (e.g. `{"kind": "ema_snapshot",
@@ -85,8 +85,8 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
     _optional_components = ["guide_unet"]
 
     def __init__(self, unet, scheduler, image_mean: list[float] | None = None, image_std: list[float] | None = None,
-                 distilled_steps: int | None = None, class_names: list[str] | None = None, guide_unet=None,
-                 guide_info: dict | None = None, sampling_defaults: dict | None = None):
+                 distilled_steps: int | None = None, class_names: list[str] | dict[str, str] | None = None,
+                 guide_unet=None, guide_info: dict | None = None, sampling_defaults: dict | None = None):
         super().__init__()
         channels = unet.config.in_channels
         image_mean = [0.5] * channels if image_mean is None else [float(v) for v in image_mean]
