@@ -9,15 +9,12 @@ class-conditional model can be given `--class_label` (an index or a class name) 
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from denoising_diffusion import CosineDDIMPipeline, CosineDPMSolverScheduler  # noqa: E402
-from denoising_diffusion.images import labelled_rows  # noqa: E402
+from denoising_diffusion import CosineDDIMPipeline, CosineDPMSolverScheduler
+from denoising_diffusion.images import labelled_rows
 
 INTERVAL = (0.4, 4.0)
 
@@ -27,7 +24,7 @@ def settings(pipe, weights: list[float]) -> list[tuple[str, dict]]:
     if pipe.guide_unet is not None:
         rows += [(f"autoguidance {w:g}, 7 steps", {"num_inference_steps": 7, "autoguidance_scale": w,
                                                     "guidance_interval": INTERVAL}) for w in weights]
-    defaults = dict(pipe.config.get("sampling_defaults") or {})
+    defaults = pipe.config.get("sampling_defaults") or {}
     if defaults:
         label = ", ".join(f"{k.replace('num_inference_steps', 'steps').replace('autoguidance_scale', 'w')} {v}"
                           for k, v in defaults.items() if k != "guidance_interval")

@@ -57,7 +57,9 @@ def fitting_steps(pipe, sampler: dict, budget: int) -> int:
 
 def interval(sampler: dict) -> tuple:
     """The sampler's guidance interval; every step when it names none (never the pipeline's stored default)."""
-    return tuple(sampler.get("guidance_interval") or (0.0, None))
+    from denoising_diffusion.pipelines.guidance import NO_INTERVAL
+
+    return tuple(sampler.get("guidance_interval") or NO_INTERVAL)
 
 
 def evaluations(pipe, sampler: dict, steps: int) -> int:
