@@ -4,6 +4,7 @@ the same number of network evaluations, guidance tuned on one set of noise and r
     python benchmarks/quality.py benchmarks/studies/digits.yaml              # about 1 h on a 2-core CPU
     python benchmarks/quality.py benchmarks/studies/emoji32.yaml             # needs data/emoji (data/emoji.py)
     python benchmarks/quality.py benchmarks/studies/digits.yaml --variants default --seeds 42
+    python benchmarks/quality.py benchmarks/studies/emoji32.yaml --variants batch32 --samplers tuned_class_cfg
 
 A study spec is a sweep spec (`python -m denoising_diffusion.sweep`: `base_config`, `overrides`,
 `variants`, `seeds`; finished runs are reused) plus `evaluation`:
@@ -14,12 +15,14 @@ A study spec is a sweep spec (`python -m denoising_diffusion.sweep`: `base_confi
 * `budget`: network evaluations per image; a sampler without `steps` takes as many steps as fit.
 * `samplers`: named settings of the pipeline call (`scheduler`: ddim or dpm_solver, `steps`,
   `autoguidance_scale`, `guidance_interval`, `guidance_scale`, `conditional`).
-* `tune`: for each variant, every combination of the listed `autoguidance_scale` and
-  `guidance_interval` (and `guidance_scale`) values is scored on the tuning noise (seed 1) of all the
+* `tune`: one block or a list of them. For each variant, every combination of a block's listed
+  `autoguidance_scale`, `guidance_interval` and `guidance_scale` values (its other keys, such as
+  `scheduler` and `conditional`, are kept as given) is scored on the tuning noise (seed 1) of all the
   variant's models; the one `select` prefers (`kid`: the lowest mean KID; `recognised`: the highest
-  mean recognised fraction whose KID is no higher than the unguided `reference` sampler's or the real
-  images' own floor, whichever is higher, and whose classes all stay within 0.5x-1.5x of their real
-  share) is then scored as sampler `tuned` on the report noise (seed 0), as every sampler is.
+  mean recognised fraction whose KID is no higher than the `reference` sampler's or the real images'
+  own floor, whichever is higher, and whose classes all stay within 0.5x-1.5x of their real share;
+  `requested`: the same with the requested class recognised) is then scored as sampler `name`
+  (default `tuned`) on the report noise (seed 0), as every sampler is.
 
 Every score also gives the mean distance to the nearest training image over the training images' own
 leave-one-out mean (`nn_ratio`; below 1: closer to the training data than real unseen images are).
@@ -162,9 +165,29 @@ def mean_scores(runs: list[dict]) -> dict:
     return out
 
 
+TUNED_KEYS = ("autoguidance_scale", "guidance_interval", "guidance_scale")
+BLOCK_KEYS = ("name", "select", "reference")
+SELECT_METRICS = {"kid": "kid", "recognised": "recognised", "requested": "requested_recognised"}
+
+
+def tuning_blocks(tune: dict | list | None) -> list[dict]:
+    """The spec's `tune` as a list of blocks, each with its `name` (a single block is named `tuned`)."""
+    blocks = [] if tune is None else [tune] if isinstance(tune, dict) else list(tune)
+    out = []
+    for block in blocks:
+        block = {"name": "tuned", "select": "kid", **block}
+        if block["select"] not in SELECT_METRICS:
+            raise ValueError(f"tune select must be one of {list(SELECT_METRICS)}, got {block['select']!r}.")
+        out.append(block)
+    names = [b["name"] for b in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tune blocks need distinct names, got {names}.")
+    return out
+
+
 def tuning_grid(tune: dict) -> list[dict]:
-    keys = [k for k in ("autoguidance_scale", "guidance_interval", "guidance_scale") if k in tune]
-    base = {k: v for k, v in tune.items() if k not in keys + ["select", "reference"]}
+    keys = [k for k in TUNED_KEYS if k in tune]
+    base = {k: v for k, v in tune.items() if k not in keys + list(BLOCK_KEYS)}
     return [{**base, **dict(zip(keys, values))} for values in itertools.product(*(tune[k] for k in keys))]
 
 
@@ -175,24 +198,32 @@ def balanced(scores: dict) -> bool:
 
 def select(tune: dict, candidates: list[tuple[dict, dict]], reference: dict | None, floor: float) -> dict:
     """The tuning candidate `tune["select"]` prefers; `candidates` are (sampler, mean scores). For
-    `recognised`, a candidate's KID may not exceed the unguided reference's or the real floor, whichever is
-    higher (a difference inside the real images' own KID is noise)."""
-    if tune.get("select", "kid") == "kid":
+    `recognised` and `requested`, a candidate's KID may not exceed the reference's or the real floor,
+    whichever is higher (a difference inside the real images' own KID is noise)."""
+    metric = SELECT_METRICS[tune.get("select", "kid")]
+    if metric == "kid":
         return min(candidates, key=lambda c: c[1]["kid"])[0]
     limit = max(floor, reference["kid"] if reference else floor)
     allowed = [c for c in candidates if balanced(c[1]) and c[1]["kid"] <= limit]
     if not allowed:
         return min(candidates, key=lambda c: c[1]["kid"])[0]
-    return max(allowed, key=lambda c: c[1]["recognised"])[0]
+    return max(allowed, key=lambda c: c[1][metric])[0]
 
 
 class Study:
-    def __init__(self, spec_path: str, variants: list[str] | None, seeds: list[int] | None):
+    def __init__(self, spec_path: str, variants: list[str] | None, seeds: list[int] | None,
+                 samplers: list[str] | None = None):
         from denoising_diffusion.sweep import Sweep
 
         self.spec_path = Path(spec_path)
         self.sweep = Sweep(spec_path, only=variants, seeds=seeds)
         self.evaluation = self.sweep.spec["evaluation"]
+        self.only = samplers  # only these samplers and tune blocks (by name); the rest of earlier results is kept
+        if samplers:
+            known = set(self.evaluation.get("samplers", {})) | {b["name"] for b in tuning_blocks(self.evaluation.get("tune"))}
+            unknown = sorted(set(samplers) - known)
+            if unknown:
+                raise ValueError(f"Unknown samplers {unknown}; the spec has {sorted(known)}.")
         self.budget = self.evaluation["budget"]
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.scorer = None
@@ -237,6 +268,12 @@ class Study:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():  # a run of some variants adds to (or replaces) those of an earlier run
             earlier = json.loads(path.read_text())
+            if self.only:  # keep the samplers (and tuning) not run this time
+                for name, variant in results.items():
+                    before = earlier.get("variants", {}).get(name, {})
+                    variant["samplers"] = {**before.get("samplers", {}), **variant["samplers"]}
+                    variant["tuning"] = [c for c in before.get("tuning", [])
+                                         if c.get("block", "tuned") not in self.only] + variant.get("tuning", [])
             out["variants"] = {**earlier.get("variants", {}), **results}
         path.write_text(json.dumps(out, indent=2) + "\n")
         print(f"Wrote {path}")
@@ -244,12 +281,18 @@ class Study:
 
     def score_variant(self, name: str, models: list) -> dict:
         samplers = dict(self.evaluation.get("samplers", {}))
-        tune = self.evaluation.get("tune")
         pipes = [(seed, self.pipeline(folder)) for seed, folder, _ in models]
         variant = {"training": [{"seed": seed, **{k: summary.get(k) for k in (
             "training_seconds", "train_images_per_second", "global_step", "num_parameters", "guide")}}
             for seed, _, summary in models]}
-        if tune and all(pipe.guide_unet is not None or "autoguidance_scale" not in tune for _, pipe in pipes):
+        if self.only:
+            samplers = {k: v for k, v in samplers.items() if k in self.only or any(
+                b.get("reference") == k and b["name"] in self.only for b in tuning_blocks(self.evaluation.get("tune")))}
+        for tune in tuning_blocks(self.evaluation.get("tune")):
+            if self.only and tune["name"] not in self.only:
+                continue
+            if "autoguidance_scale" in tune and any(pipe.guide_unet is None for _, pipe in pipes):
+                continue
             candidates = []
             for sampler in tuning_grid(tune):
                 scores = [self.run_sampler(pipe, sampler, TUNING_NOISE) for _, pipe in pipes]
@@ -259,8 +302,8 @@ class Study:
             if tune.get("reference"):
                 ref = [self.run_sampler(pipe, samplers[tune["reference"]], TUNING_NOISE) for _, pipe in pipes]
                 reference = mean_scores(ref)
-            samplers["tuned"] = select(tune, candidates, reference, self.scorer.floor["kid"])
-            variant["tuning"] = [{"sampler": s, "mean": m} for s, m in candidates]
+            samplers[tune["name"]] = select(tune, candidates, reference, self.scorer.floor["kid"])
+            variant.setdefault("tuning", []).extend({"block": tune["name"], "sampler": s, "mean": m} for s, m in candidates)
         variant["samplers"] = {}
         for sampler_name, sampler in samplers.items():
             runs = [{"seed": seed, **self.run_sampler(pipe, sampler, REPORT_NOISE)} for seed, pipe in pipes]
@@ -291,9 +334,12 @@ def main():
     parser.add_argument("spec", help="Study spec YAML (benchmarks/studies/*.yaml).")
     parser.add_argument("--variants", nargs="+", default=None, help="Only these variants.")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Overrides the spec's seeds.")
+    parser.add_argument("--samplers", nargs="+", default=None,
+                        help="Only these samplers and tune blocks (by name; a block's reference sampler runs too); "
+                             "the other results of the variants in the results file are kept.")
     args = parser.parse_args()
     yaml.safe_load(Path(args.spec).read_text())  # fail early on a malformed spec
-    Study(args.spec, args.variants, args.seeds).run()
+    Study(args.spec, args.variants, args.seeds, args.samplers).run()
 
 
 if __name__ == "__main__":

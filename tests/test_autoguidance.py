@@ -15,7 +15,7 @@ from conftest import tiny_pipeline, tiny_unet
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler
 from denoising_diffusion.training import ConfigError, parse_config, train
 from denoising_diffusion.training.checkpoints import export_pipeline
-from test_training import TINY, KillAfterCheckpoint, assert_same_weights
+from test_training import ROOT, TINY, KillAfterCheckpoint, assert_same_weights
 
 
 def guided_pipeline(num_class_embeds=None, **kwargs):
@@ -312,3 +312,39 @@ def test_the_default_digits_config_saves_a_pipeline_that_samples_its_measured_be
     assert type(pipe.scheduler) is CosineDPMSolverScheduler and pipe.guide_unet is not None
     assert pipe.config.guide_info == {"kind": "ema_snapshot", "step": 1, "of_steps": 4}
     assert pipe.network_evaluations() == 10  # 7 steps, 3 of them guided: the budget it was measured at
+
+
+def test_a_stored_classifier_free_guidance_weight_is_used_with_class_labels_only(tmp_path):
+    unet = tiny_unet(num_class_embeds=4)  # 3 classes + "no class"
+    with torch.no_grad():  # an untrained UNet outputs zeros, for every class: give it an output
+        torch.nn.init.normal_(unet.conv_out.weight, std=0.2, generator=torch.Generator().manual_seed(1))
+    pipe = CosineDDIMPipeline(unet, CosineDDIMScheduler(),
+                              sampling_defaults={"num_inference_steps": 4, "guidance_scale": 3.0})
+    pipe.set_progress_bar_config(disable=True)
+    calls = CountCalls(pipe.unet)
+    run = lambda **kw: pipe(batch_size=2, generator=torch.Generator().manual_seed(5), output_type="pt", **kw).images  # noqa: E731
+    stored = run(class_labels=[0, 2])
+    assert calls.calls == 4  # one batched pass per step: conditional and unconditional halves together
+    torch.testing.assert_close(stored, run(class_labels=[0, 2], guidance_scale=3.0), rtol=0, atol=0)
+    assert not torch.allclose(stored, run(class_labels=[0, 2], guidance_scale=1.0))
+    unconditional = run()  # without class labels the stored weight does not apply (nothing to guide towards)
+    torch.testing.assert_close(unconditional, run(guidance_scale=1.0), rtol=0, atol=0)
+    assert pipe.network_evaluations(class_labels=True) == 8 and pipe.network_evaluations() == 4
+    assert pipe.network_evaluations(guidance_scale=1.0, class_labels=True) == 4
+    with pytest.raises(ValueError, match="guidance_scale=2.0 needs class_labels"):
+        run(guidance_scale=2.0)
+    pipe.save_pretrained(tmp_path / "cond")
+    loaded = CosineDDIMPipeline.from_pretrained(tmp_path / "cond")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.sampling_defaults["guidance_scale"] == 3.0
+    again = loaded(batch_size=2, generator=torch.Generator().manual_seed(5), output_type="pt", class_labels=[0, 2]).images
+    torch.testing.assert_close(again, stored, rtol=0, atol=0)
+
+
+def test_a_stored_classifier_free_guidance_weight_needs_a_class_conditional_model():
+    with pytest.raises(ValueError, match="sets guidance_scale, but the UNet is unconditional"):
+        CosineDDIMPipeline(tiny_unet(), CosineDDIMScheduler(), sampling_defaults={"guidance_scale": 2.0})
+    with pytest.raises(ValueError, match=r"guidance_scale must be a number >= 1 \(1: no guidance\), got 0.5"):
+        CosineDDIMPipeline(tiny_unet(num_class_embeds=3), CosineDDIMScheduler(), sampling_defaults={"guidance_scale": 0.5})
+    with pytest.raises(ConfigError, match=r"sampling.guidance_scale=3.0 is classifier-free guidance .*\(label_column\)"):
+        parse_config(["--config", str(ROOT / "configs" / "digits.yaml"), "--sampling", '{"guidance_scale": 3.0}'])

@@ -56,3 +56,35 @@ def test_the_study_trains_each_seed_tunes_on_other_noise_and_reports_at_the_budg
     assert tuned["mean"]["steps"] < 6
     assert [t["guide"]["step"] for t in guided["training"]] == [2, 2]
     assert "KID" in result.stdout and "tuned" in result.stdout
+
+
+def _quality_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality_study", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tune_blocks_are_named_and_select_the_requested_class_within_the_reference_kid():
+    import pytest
+
+    quality = _quality_module()
+    assert [b["name"] for b in quality.tuning_blocks({"guidance_scale": [2.0]})] == ["tuned"]
+    blocks = quality.tuning_blocks([{"name": "a", "guidance_scale": [2.0, 3.0], "conditional": True,
+                                     "select": "requested", "reference": "cfg"}, {"name": "b"}])
+    grid = quality.tuning_grid(blocks[0])
+    assert grid == [{"conditional": True, "guidance_scale": 2.0}, {"conditional": True, "guidance_scale": 3.0}]
+    with pytest.raises(ValueError, match="distinct names"):
+        quality.tuning_blocks([{"name": "a"}, {"name": "a"}])
+    with pytest.raises(ValueError, match="select must be one of"):
+        quality.tuning_blocks({"select": "fid"})
+    # the most requested categories recognised whose KID stays within the reference's: not the strongest guidance
+    candidates = [({"guidance_scale": 3.0}, {"kid": 2.0, "requested_recognised": 0.40}),
+                  ({"guidance_scale": 5.0}, {"kid": 2.4, "requested_recognised": 0.50}),
+                  ({"guidance_scale": 7.0}, {"kid": 3.5, "requested_recognised": 0.60})]
+    chosen = quality.select(blocks[0], candidates, {"kid": 2.5}, floor=0.0)
+    assert chosen == {"guidance_scale": 5.0}
+    assert quality.select(blocks[0], candidates, {"kid": 1.0}, floor=0.0) == {"guidance_scale": 3.0}  # lowest KID
+    assert quality.select({"select": "kid"}, candidates, None, floor=0.0) == {"guidance_scale": 3.0}

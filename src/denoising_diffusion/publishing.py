@@ -129,12 +129,13 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
                         "(the pipeline's `distilled_steps`); keep the stored DDIM scheduler and its `timestep_spacing`.")
     defaults = index.get("sampling_defaults") or {}
     steps = distilled_steps or (None if defaults.get("num_inference_steps") else 20)
+    cfg = None if defaults.get("guidance_scale") else 2.0  # a stored classifier-free guidance weight is used as is
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE),
         model_name=repo_id.split("/")[-1] if repo_id else folder.resolve().name, repo_id=repo_id or str(folder),
         description=description, distilled_steps=distilled_steps,
-        usage_arguments=sampling_arguments(class_names, steps),
-        usage_arguments_10=sampling_arguments(class_names, 10),
+        usage_arguments=sampling_arguments(class_names, steps, guidance_scale=cfg),
+        usage_arguments_10=sampling_arguments(class_names, 10, guidance_scale=cfg),
         sampling_table=_sampling_table(folder, class_names) if defaults else "",
         guide=_guide_description(index.get("guide_info")),
         class_table="\n".join(f"| {i} | {name} |" for i, name in enumerate(class_names or [])),
@@ -174,7 +175,9 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
     band = "" if not interval else (f" at noise levels sigma in ({interval[0]:g}, "
                                     f"{'inf' if interval[1] is None else format(interval[1], 'g')}]")
     default = f"{solver}, {steps} steps" + (f", autoguidance {defaults['autoguidance_scale']:g}{band}" if guided else "")
-    cfg = 2.0 if class_names else 1.0
+    if class_names and defaults.get("guidance_scale"):
+        default += f"; with `class_labels`, classifier-free guidance {defaults['guidance_scale']:g}{band}"
+    cfg = None if defaults.get("guidance_scale") else 2.0 if class_names else 1.0
     count = lambda n, auto=None: pipe.network_evaluations(n, cfg, auto, class_labels=bool(class_names))  # noqa: E731
     rows = [("the defaults: `pipe(batch_size=4)`", default, count(steps))]
     for n in sorted({max(1, steps // 2), 2 * steps}):

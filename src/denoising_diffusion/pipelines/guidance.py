@@ -21,7 +21,8 @@ import torch
 GUIDE_KEYS = ("schedule", "min_signal_rate", "max_signal_rate", "in_channels", "out_channels", "sample_size",
               "num_class_embeds")
 # `sampling_defaults`: what the pipeline's `__call__` uses for the arguments it is not given.
-SAMPLING_DEFAULT_KEYS = ("num_inference_steps", "autoguidance_scale", "guidance_interval")
+# `guidance_scale` (classifier-free guidance) applies only to calls with class labels.
+SAMPLING_DEFAULT_KEYS = ("num_inference_steps", "autoguidance_scale", "guidance_interval", "guidance_scale")
 NO_INTERVAL = (0.0, math.inf)
 
 
@@ -65,6 +66,10 @@ def check_sampling_defaults(defaults: dict | None) -> dict:
     scale = defaults.get("autoguidance_scale")
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 1.0):
         raise ValueError(f"sampling_defaults autoguidance_scale must be a number >= 1 (1: no guidance), got {scale!r}.")
+    cfg = defaults.get("guidance_scale")
+    if cfg is not None and not (isinstance(cfg, (int, float)) and not isinstance(cfg, bool) and math.isfinite(cfg)
+                                and cfg >= 1.0):
+        raise ValueError(f"sampling_defaults guidance_scale must be a number >= 1 (1: no guidance), got {cfg!r}.")
     if defaults.get("guidance_interval") is not None:
         low, high = check_guidance_interval(defaults["guidance_interval"])
         defaults["guidance_interval"] = [low, high if math.isfinite(high) else None]  # JSON has no inf
@@ -128,6 +133,13 @@ class GuidanceMixin:
             return given
         return (self.config.get("sampling_defaults") or {}).get(name)
 
+    def classifier_free_scale(self, guidance_scale: float | None, conditional: bool) -> float:
+        """The classifier-free guidance weight a call uses: `guidance_scale` when given, else (for a call
+        with class labels) `sampling_defaults["guidance_scale"]`, else 1.0 (none)."""
+        if guidance_scale is not None:
+            return float(guidance_scale)
+        return float((self.sampling_default("guidance_scale", None) if conditional else None) or 1.0)
+
     def guidance_plan(self, num_inference_steps: int | None = None, guidance_scale: float = 1.0,
                       autoguidance_scale: float | None = None, guidance_interval=None) -> list[tuple[float, float]]:
         """(guidance_scale, autoguidance_scale) for each sampling step, as `__call__` would use them
@@ -141,12 +153,14 @@ class GuidanceMixin:
         return [(guidance_scale, autoguidance_scale) if low < self.noise_level(t) <= high else (1.0, 1.0)
                 for t in times]
 
-    def network_evaluations(self, num_inference_steps: int | None = None, guidance_scale: float = 1.0,
+    def network_evaluations(self, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                             autoguidance_scale: float | None = None, guidance_interval=None,
                             class_labels: bool = False) -> int:
         """Forward passes per image that `__call__` makes with these arguments: one per step, one more per
-        step for classifier-free guidance (with `class_labels`) and for each network autoguidance adds."""
+        step for classifier-free guidance (with `class_labels`) and for each network autoguidance adds.
+        Arguments left None take the pipeline's `sampling_defaults`, as `__call__` does."""
         total = 0
+        guidance_scale = self.classifier_free_scale(guidance_scale, class_labels)
         for cfg, auto in self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval):
             main = 2 if class_labels and cfg != 1.0 else 1
             total += main + (1 if auto != 1.0 else 0)

@@ -82,7 +82,7 @@ class InversionMixin:
 
     @torch.no_grad()
     def interpolate(self, start, end, num_frames: int = 8, num_inference_steps: int = 20, output_type: str = "pil",
-                    class_labels=None, guidance_scale: float = 1.0):
+                    class_labels=None, guidance_scale: float | None = None):
         """Images along the spherical path between two noises (B=1 latents, shape (1, C, H, W)).
 
         To interpolate between two images, invert them first: `pipe.interpolate(pipe.invert(a, n),

@@ -71,8 +71,9 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         guide_info (`dict`, *optional*): where `guide_unet` comes from (e.g. `{"kind": "ema_snapshot",
             "step": 290, "of_steps": 1160}`), shown on the model card.
         sampling_defaults (`dict`, *optional*): what `__call__` uses when an argument is not given:
-            `num_inference_steps`, `autoguidance_scale`, `guidance_interval` (the measured best for this
-            model, so that `pipe(batch_size=16)` gives its best samples).
+            `num_inference_steps`, `autoguidance_scale`, `guidance_interval`, and for a class-conditional
+            model `guidance_scale` (used when `class_labels` are given) (the measured best for this model,
+            so that `pipe(batch_size=16)` gives its best samples).
 
     The UNet and the scheduler must share one noise schedule (`SCHEDULE_KEYS`); that is checked here and
     whenever `pipe.scheduler` or `pipe.unet` is replaced. `from_pretrained` is diffusers' own loader
@@ -112,6 +113,8 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         sampling_defaults = check_sampling_defaults(sampling_defaults)
         if guide_unet is None and sampling_defaults.get("autoguidance_scale", 1.0) != 1.0:
             raise ValueError("sampling_defaults sets autoguidance_scale, but there is no guide_unet.")
+        if num_classes is None and sampling_defaults.get("guidance_scale", 1.0) != 1.0:
+            raise ValueError("sampling_defaults sets guidance_scale, but the UNet is unconditional (no num_class_embeds).")
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self.register_to_config(image_mean=image_mean, image_std=image_std, distilled_steps=distilled_steps,
                                 class_names=class_names, guide_info=dict(guide_info) if guide_info else None,
@@ -215,7 +218,7 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         return_dict: bool = True,
         latents: torch.Tensor | None = None,
         class_labels: int | str | list[int | str] | torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         autoguidance_scale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
     ) -> ImagePipelineOutput | tuple:
@@ -239,8 +242,9 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
             class_labels (`int`, `str`, list or tensor, *optional*): for class-conditional models, the
                 class of each image, as an index or one of `class_names` (one value is used for all). Omitted: unconditional samples (the model's
                 "no class" embedding, the last one, learned by dropping labels in training).
-            guidance_scale (`float`, defaults to 1.0): classifier-free guidance (Ho & Salimans 2022):
-                `uncond + guidance_scale * (cond - uncond)`; 1.0 is plain conditional sampling.
+            guidance_scale (`float`, *optional*): classifier-free guidance (Ho & Salimans 2022) towards
+                `class_labels`: `uncond + guidance_scale * (cond - uncond)`; 1.0 is plain conditional
+                sampling. Defaults to `sampling_defaults` when `class_labels` are given, else 1.0.
             autoguidance_scale (`float`, *optional*): autoguidance (Karras et al. 2024, "Guiding a Diffusion
                 Model with a Bad Version of Itself") with `guide_unet`: `guide + autoguidance_scale * (main -
                 guide)`; 1.0 is off. Works for unconditional and class-conditional models, and combines with
@@ -272,6 +276,7 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         image = latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
         labels = self._class_labels(class_labels, batch_size)
+        guidance_scale = self.classifier_free_scale(guidance_scale, labels is not None)
         plan = self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval)
         if any(auto != 1.0 for _, auto in plan) and self.guide_unet is None:
             raise ValueError(f"autoguidance_scale={self.sampling_default('autoguidance_scale', autoguidance_scale)} "
@@ -307,7 +312,10 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
                              "e.g. torch.Generator().manual_seed(0).")
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like sampling), got {eta!r}.")
-        if guidance_scale != 1.0 and class_labels is None:
+        if guidance_scale is not None and not (isinstance(guidance_scale, (int, float))
+                                               and math.isfinite(guidance_scale)):
+            raise ValueError(f"guidance_scale must be a number (1.0: off; about 2 to 5 guides), got {guidance_scale!r}.")
+        if guidance_scale not in (None, 1.0) and class_labels is None:
             raise ValueError(f"guidance_scale={guidance_scale} needs class_labels: guidance steers samples towards a "
                              "class, and without labels they are unconditional.")
         if autoguidance_scale is not None and not (isinstance(autoguidance_scale, (int, float))

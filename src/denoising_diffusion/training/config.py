@@ -336,6 +336,9 @@ class TrainingConfig:
             check_sampling_defaults(sampling)
         except ValueError as error:
             raise ConfigError(f"sampling: {error}") from error
+        if sampling.get("guidance_scale", 1.0) != 1.0 and not self.label_column:
+            raise ConfigError(f"sampling.guidance_scale={sampling['guidance_scale']} is classifier-free guidance towards "
+                              "a class, which needs a class-conditional model (label_column).")
         if sampling.get("autoguidance_scale", 1.0) != 1.0 and self.guide is None:
             raise ConfigError(f"sampling.autoguidance_scale={sampling['autoguidance_scale']} needs a guide "
                               f"(guide: {GUIDES[0]}).")
