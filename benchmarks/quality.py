@@ -21,8 +21,13 @@ A study spec is a sweep spec (`python -m denoising_diffusion.sweep`: `base_confi
   variant's models; the one `select` prefers (`kid`: the lowest mean KID; `recognised`: the highest
   mean recognised fraction whose KID is no higher than the `reference` sampler's or the real images'
   own floor, whichever is higher, and whose classes all stay within 0.5x-1.5x of their real share;
-  `requested`: the same with the requested class recognised) is then scored as sampler `name`
-  (default `tuned`) on the report noise (seed 0), as every sampler is.
+  `requested`: the same with the requested class recognised; with `min_nn_ratio`, also no lower
+  `nn_ratio`, below) is then scored as sampler `name` (default `tuned`) on the report noise (seed 0),
+  as every sampler is.
+* `conditional: true` asks for every class equally often; `conditional: prior` draws each sample's
+  class from the training data's class frequencies (as a stored `class_prior: dataset` does); without
+  it a sampler calls the pipeline without class labels, as `pipe()` does: unconditional samples, or
+  labels drawn from a stored `class_prior`.
 
 Every score also gives the mean distance to the nearest training image over the training images' own
 leave-one-out mean (`nn_ratio`; below 1: closer to the training data than real unseen images are).
@@ -67,7 +72,7 @@ def interval(sampler: dict) -> tuple:
 
 def evaluations(pipe, sampler: dict, steps: int) -> int:
     return pipe.network_evaluations(steps, sampler.get("guidance_scale", 1.0), sampler.get("autoguidance_scale", 1.0),
-                                    interval(sampler), class_labels=bool(sampler.get("conditional")))
+                                    interval(sampler), class_labels=True if sampler.get("conditional") else None)
 
 
 class Scorer:
@@ -87,6 +92,9 @@ class Scorer:
             self.extractor = DigitsFeatures().to(device)
             self.real_recognised = self.extractor.recognised_fraction(self.train)
             self.num_classes = 10
+            from sklearn.datasets import load_digits
+
+            labels = torch.as_tensor(load_digits().target)
         else:
             from emoji_classifier import CategoryFeatures, load_emoji, train_classifier
 
@@ -95,6 +103,8 @@ class Scorer:
                 classifier, self.accuracy, self.balanced_accuracy = train_classifier(images, labels, config.resolution)
             self.extractor = CategoryFeatures(classifier).eval().to(device)
             self.num_classes = len(self.class_names)
+        # how often each class occurs in the training data: what `conditional: prior` draws from
+        self.class_frequencies = torch.bincount(labels.long(), minlength=self.num_classes).double() / len(labels)
         self.real_features = extract_features(self.train, self.extractor)
         self.nn_reference = float(nearest_neighbour_distances(self.train, self.train, leave_one_out=True).mean())
         # The noise floor: KID between two random halves of the real images (what a perfect model scores).
@@ -116,7 +126,10 @@ class Scorer:
         pipe.scheduler = (CosineDPMSolverScheduler if scheduler == "dpm_solver" else CosineDDIMScheduler).from_config(
             pipe.scheduler.config)
         labels = None
-        if sampler.get("conditional"):
+        if sampler.get("conditional") == "prior":  # as a stored class_prior draws them, from its own noise seed
+            labels = torch.multinomial(self.class_frequencies, self.num_samples, replacement=True,
+                                       generator=torch.Generator().manual_seed(1000 + noise_seed))
+        elif sampler.get("conditional"):
             labels = torch.arange(self.num_classes).repeat(self.num_samples // self.num_classes + 1)[:self.num_samples]
         kwargs = {"autoguidance_scale": sampler.get("autoguidance_scale", 1.0),
                   "guidance_interval": interval(sampler),
@@ -166,7 +179,7 @@ def mean_scores(runs: list[dict]) -> dict:
 
 
 TUNED_KEYS = ("autoguidance_scale", "guidance_interval", "guidance_scale")
-BLOCK_KEYS = ("name", "select", "reference")
+BLOCK_KEYS = ("name", "select", "reference", "min_nn_ratio")
 SELECT_METRICS = {"kid": "kid", "recognised": "recognised", "requested": "requested_recognised"}
 
 
@@ -199,12 +212,15 @@ def balanced(scores: dict) -> bool:
 def select(tune: dict, candidates: list[tuple[dict, dict]], reference: dict | None, floor: float) -> dict:
     """The tuning candidate `tune["select"]` prefers; `candidates` are (sampler, mean scores). For
     `recognised` and `requested`, a candidate's KID may not exceed the reference's or the real floor,
-    whichever is higher (a difference inside the real images' own KID is noise)."""
+    whichever is higher (a difference inside the real images' own KID is noise), its classes must stay
+    balanced, and its `nn_ratio` may not fall below the block's `min_nn_ratio` (default 0)."""
     metric = SELECT_METRICS[tune.get("select", "kid")]
     if metric == "kid":
         return min(candidates, key=lambda c: c[1]["kid"])[0]
     limit = max(floor, reference["kid"] if reference else floor)
-    allowed = [c for c in candidates if balanced(c[1]) and c[1]["kid"] <= limit]
+    nearest = tune.get("min_nn_ratio", 0.0)  # e.g. 1.0: no closer to the training images than unseen real ones
+    allowed = [c for c in candidates if balanced(c[1]) and c[1]["kid"] <= limit
+               and c[1].get("nn_ratio", float("inf")) >= nearest]
     if not allowed:
         return min(candidates, key=lambda c: c[1]["kid"])[0]
     return max(allowed, key=lambda c: c[1][metric])[0]

@@ -347,4 +347,4 @@ def test_a_stored_classifier_free_guidance_weight_needs_a_class_conditional_mode
     with pytest.raises(ValueError, match=r"guidance_scale must be a number >= 1 \(1: no guidance\), got 0.5"):
         CosineDDIMPipeline(tiny_unet(num_class_embeds=3), CosineDDIMScheduler(), sampling_defaults={"guidance_scale": 0.5})
     with pytest.raises(ConfigError, match=r"sampling.guidance_scale=3.0 is classifier-free guidance .*\(label_column\)"):
-        parse_config(["--config", str(ROOT / "configs" / "digits.yaml"), "--sampling", '{"guidance_scale": 3.0}'])
+        parse_config(["--config", str(ROOT / "configs" / "digits_keras.yaml"), "--sampling", '{"guidance_scale": 3.0}'])

@@ -59,8 +59,9 @@ def test_bad_class_labels():
     with pytest.raises(ValueError, match="this model is unconditional"):
         tiny_pipeline()(class_labels=[1])
     pipe = conditional_pipeline()
-    with pytest.raises(ValueError, match=r"class_labels must be in \[0, 2\] for this model, got \[3\]"):
-        pipe(class_labels=[3])
+    with pytest.raises(ValueError, match=r"class_labels must be in \[0, 2\] for this model \(or 3, its \"no class\" "
+                                         r"label\), got \[4\]"):
+        pipe(class_labels=[4])
     with pytest.raises(ValueError, match="Got 3 class_labels for batch_size=2"):
         pipe(batch_size=2, class_labels=[0, 1, 2])
 
@@ -144,3 +145,100 @@ def test_velocity_objective_end_to_end(tmp_path):
     pipe = CosineDDIMPipeline.from_pretrained(out)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert torch.isfinite(pipe(num_inference_steps=3, output_type="pt").images).all()
+
+
+class LabelRecorder:
+    """Records the class labels of every forward pass of a UNet."""
+
+    def __init__(self, unet):
+        self.seen = []
+        unet.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.seen.append(kwargs["class_labels"].clone())
+
+
+def test_a_stored_class_prior_draws_the_labels_of_a_call_without_them(tmp_path):
+    from denoising_diffusion import CosineDDIMPipeline
+
+    pipe = conditional_pipeline()
+    pipe.register_to_config(sampling_defaults={"class_prior": [0.0, 1.0, 0.0]})
+    recorder = LabelRecorder(pipe.unet)
+    run = lambda seed=3, **kw: pipe(batch_size=64, generator=torch.Generator().manual_seed(seed),  # noqa: E731
+                                    num_inference_steps=2, output_type="pt", **kw).images
+    only_one = run()
+    assert all(bool((labels == 1).all()) for labels in recorder.seen)  # every image drew class 1
+    torch.testing.assert_close(only_one, run(class_labels=1), rtol=0, atol=0)  # drawn after the noise: same noise
+    recorder.seen.clear()
+    run(class_labels=pipe.null_class_label)  # "no class" may be asked for: the model's unconditional samples
+    assert all(bool((labels == 3).all()) for labels in recorder.seen)
+
+    pipe.register_to_config(sampling_defaults={"class_prior": [0.5, 0.0, 0.5]})
+    recorder.seen.clear()
+    first = run()
+    drawn = recorder.seen[0]
+    assert set(drawn.tolist()) == {0, 2} and 16 < int((drawn == 0).sum()) < 48  # about half each, never class 1
+    torch.testing.assert_close(first, run(), rtol=0, atol=0)  # the generator makes the draw reproducible
+    same_seed = recorder.seen[-1]
+    run(seed=4)
+    assert not torch.equal(same_seed, recorder.seen[-1])  # another generator, another draw
+
+    # a per-image list of generators draws each image's label with its own generator
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(4)]  # noqa: E731
+    a = pipe(batch_size=4, generator=gens(), num_inference_steps=2, output_type="pt").images
+    b = pipe(batch_size=4, generator=gens(), num_inference_steps=2, output_type="pt").images
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    # saved and loaded with the pipeline; a stored guidance weight then applies to drawn labels too
+    pipe.register_to_config(sampling_defaults={"class_prior": [0.5, 0.0, 0.5], "guidance_scale": 2.0})
+    assert pipe.network_evaluations(3) == 6 and pipe.network_evaluations(3, class_labels=False) == 3
+    pipe.save_pretrained(tmp_path / "prior")
+    loaded = CosineDDIMPipeline.from_pretrained(tmp_path / "prior")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.class_prior == [0.5, 0.0, 0.5]
+    recorder = LabelRecorder(loaded.unet)
+    loaded(batch_size=8, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="pt")
+    assert recorder.seen[0].shape == (16,) and bool((recorder.seen[0][8:] == 3).all())  # guided: labels + "no class"
+
+
+def test_a_class_prior_is_checked():
+    from conftest import tiny_unet
+    from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
+
+    scheduler = CosineDDIMScheduler()
+    assert CosineDDIMPipeline(tiny_unet(num_class_embeds=4), scheduler,
+                              sampling_defaults={"class_prior": [1, 1, 2]}).class_prior == [0.25, 0.25, 0.5]
+    with pytest.raises(ValueError, match=r"class_prior needs one probability per class of the UNet \(3\), got 2"):
+        CosineDDIMPipeline(tiny_unet(num_class_embeds=4), scheduler, sampling_defaults={"class_prior": [0.5, 0.5]})
+    with pytest.raises(ValueError, match=r"class_prior needs one probability per class of the UNet \(0\)"):
+        CosineDDIMPipeline(tiny_unet(), scheduler, sampling_defaults={"class_prior": [1.0]})
+    for bad in ([0, 0, 0], [1, -1, 1], "dataset", [1, float("nan"), 1]):
+        with pytest.raises(ValueError, match="class_prior must be one weight >= 0 per class, not all zero"):
+            CosineDDIMPipeline(tiny_unet(num_class_embeds=4), scheduler, sampling_defaults={"class_prior": bad})
+    with pytest.raises(ValueError, match=r"class_labels must be in \[0, 2\] for this model \(or 3, its \"no class\""):
+        conditional_pipeline()(class_labels=4, num_inference_steps=1)
+    with pytest.raises(ConfigError, match="sampling.class_prior='dataset' draws class labels, which needs a "
+                                          r"class-conditional model \(label_column\)"):
+        parse_config(TINY + ["--sampling", '{"class_prior": "dataset"}'])
+    with pytest.raises(ConfigError, match="sampling: class_prior must be one weight >= 0 per class"):
+        parse_config(TINY + ["--label_column", "label", "--sampling", '{"class_prior": "uniform"}'])
+
+
+def test_class_prior_dataset_stores_the_training_labels_frequencies(tmp_path):
+    from denoising_diffusion import CosineDDIMPipeline
+
+    spy = LabelSpy()  # one epoch of 40 images in 5 batches of 8, no labels dropped: every label seen once
+    out = train(parse_config(TINY + ["--output_dir", str(tmp_path / "prior"), "--label_column", "label",
+                                     "--max_train_steps", "5", "--cond_drop_prob", "0", "--sampling",
+                                     '{"class_prior": "dataset"}']), objective=spy)
+    seen = torch.cat(spy.seen)
+    assert seen.numel() == 40
+    pipe = CosineDDIMPipeline.from_pretrained(out)
+    assert pipe.class_prior == pytest.approx((torch.bincount(seen, minlength=10) / 40).tolist())
+    assert len(set(pipe.class_prior)) > 1  # the 40 digits are not exactly balanced: the counts are stored
+    assert "class_prior: dataset" in (out / "training_config.yaml").read_text()  # the config as given
+    from denoising_diffusion.publishing import render_model_card
+
+    card = render_model_card(out).text
+    assert "each image's class is drawn from the training images' class frequencies" in card
+    assert "`class_labels=10` (the \"no class\" label)" in card

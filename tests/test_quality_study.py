@@ -88,3 +88,9 @@ def test_tune_blocks_are_named_and_select_the_requested_class_within_the_referen
     assert chosen == {"guidance_scale": 5.0}
     assert quality.select(blocks[0], candidates, {"kid": 1.0}, floor=0.0) == {"guidance_scale": 3.0}  # lowest KID
     assert quality.select({"select": "kid"}, candidates, None, floor=0.0) == {"guidance_scale": 3.0}
+    # min_nn_ratio: a candidate closer to the training images than unseen real ones are is not chosen
+    nearer = [({"guidance_scale": 1.2}, {"kid": 1.0, "recognised": 0.95, "nn_ratio": 1.02}),
+              ({"guidance_scale": 1.5}, {"kid": 1.2, "recognised": 0.98, "nn_ratio": 0.97})]
+    block = {"select": "recognised", "reference": "x"}
+    assert quality.select(block, nearer, {"kid": 2.0}, floor=0.0) == {"guidance_scale": 1.5}
+    assert quality.select({**block, "min_nn_ratio": 1.0}, nearer, {"kid": 2.0}, floor=0.0) == {"guidance_scale": 1.2}

@@ -139,6 +139,7 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         sampling_table=_sampling_table(folder, class_names) if defaults else "",
         guide=_guide_description(index.get("guide_info")),
         class_table="\n".join(f"| {i} | {name} |" for i, name in enumerate(class_names or [])),
+        unlabelled_note=_unlabelled_note(defaults, class_names),
         limitations=_limitations(folder, config, data, class_names),
         conditioning=f", conditioned on {len(class_names)} classes" if class_names else "",
         grid_image="samples.png", grid_caption=f"{config.get('num_grid_images', 36)} images, "
@@ -175,10 +176,11 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
     band = "" if not interval else (f" at noise levels sigma in ({interval[0]:g}, "
                                     f"{'inf' if interval[1] is None else format(interval[1], 'g')}]")
     default = f"{solver}, {steps} steps" + (f", autoguidance {defaults['autoguidance_scale']:g}{band}" if guided else "")
+    if class_names and defaults.get("class_prior"):
+        default += "; classes drawn from the training frequencies (`class_prior`)"
     if class_names and defaults.get("guidance_scale"):
-        default += f"; with `class_labels`, classifier-free guidance {defaults['guidance_scale']:g}{band}"
-    cfg = None if defaults.get("guidance_scale") else 2.0 if class_names else 1.0
-    count = lambda n, auto=None: pipe.network_evaluations(n, cfg, auto, class_labels=bool(class_names))  # noqa: E731
+        default += f"; with class labels, classifier-free guidance {defaults['guidance_scale']:g}{band}"
+    count = lambda n, auto=None: pipe.network_evaluations(n, None, auto)  # noqa: E731 - as pipe(...) without labels
     rows = [("the defaults: `pipe(batch_size=4)`", default, count(steps))]
     for n in sorted({max(1, steps // 2), 2 * steps}):
         rows.append((f"`num_inference_steps={n}`", f"{solver}, {n} steps" + (" (guidance as above)" if guided else ""),
@@ -188,6 +190,17 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
     lines = ["| call | samples with | network evaluations per image |", "| --- | --- | ---: |"]
     lines += [f"| {call} | {what} | {n} |" for call, what, n in rows]
     return "\n".join(lines)
+
+
+def _unlabelled_note(defaults: dict, class_names: list[str] | None) -> str:
+    """What a call without `class_labels` samples: classes drawn from the stored `class_prior`, or none."""
+    if not class_names:
+        return ""
+    if defaults.get("class_prior"):
+        return (f"without it, each image's class is drawn from the training images' class frequencies (the stored "
+                f"`class_prior`), so the samples follow the data; `class_labels={len(class_names)}` (the \"no "
+                "class\" label) gives the model's unconditional samples.")
+    return "without it the samples are unconditional."
 
 
 def _guide_description(info: dict | None) -> str:

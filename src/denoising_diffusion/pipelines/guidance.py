@@ -21,8 +21,10 @@ import torch
 GUIDE_KEYS = ("schedule", "min_signal_rate", "max_signal_rate", "in_channels", "out_channels", "sample_size",
               "num_class_embeds")
 # `sampling_defaults`: what the pipeline's `__call__` uses for the arguments it is not given.
-# `guidance_scale` (classifier-free guidance) applies only to calls with class labels.
-SAMPLING_DEFAULT_KEYS = ("num_inference_steps", "autoguidance_scale", "guidance_interval", "guidance_scale")
+# `guidance_scale` (classifier-free guidance) applies only to calls with class labels; `class_prior` (one
+# probability per class) makes a call without class labels draw them, so that it samples p(x) = sum_y p(y) p(x | y).
+SAMPLING_DEFAULT_KEYS = ("num_inference_steps", "autoguidance_scale", "guidance_interval", "guidance_scale",
+                         "class_prior")
 NO_INTERVAL = (0.0, math.inf)
 
 
@@ -73,7 +75,23 @@ def check_sampling_defaults(defaults: dict | None) -> dict:
     if defaults.get("guidance_interval") is not None:
         low, high = check_guidance_interval(defaults["guidance_interval"])
         defaults["guidance_interval"] = [low, high if math.isfinite(high) else None]  # JSON has no inf
+    if defaults.get("class_prior") is not None:
+        defaults["class_prior"] = check_class_prior(defaults["class_prior"])
     return defaults
+
+
+def check_class_prior(prior) -> list[float]:
+    """`prior` (one weight >= 0 per class, not all zero) as probabilities summing to 1; else `ValueError`."""
+    try:
+        weights = [float(w) for w in prior]
+    except (TypeError, ValueError):
+        weights = None
+    if (not weights or isinstance(prior, (str, dict)) or not all(math.isfinite(w) and w >= 0 for w in weights)
+            or sum(weights) <= 0):
+        raise ValueError(f"class_prior must be one weight >= 0 per class, not all zero (e.g. the training set's class "
+                         f"frequencies), got {prior!r}.")
+    total = sum(weights)
+    return [w / total for w in weights]
 
 
 class GuidanceMixin:
@@ -133,6 +151,25 @@ class GuidanceMixin:
             return given
         return (self.config.get("sampling_defaults") or {}).get(name)
 
+    @property
+    def class_prior(self) -> list[float] | None:
+        """The class probabilities a call without `class_labels` draws its labels from (`sampling_defaults`), or None."""
+        return self.sampling_default("class_prior", None)
+
+    def draw_class_labels(self, batch_size: int, generator=None) -> torch.Tensor:
+        """`batch_size` labels (B,) drawn from `class_prior` on the execution device: with `generator`
+        (one, or a list with one per image, as `__call__` takes it) the draw is reproducible."""
+        prior = self.class_prior
+        if prior is None:
+            raise ValueError("This pipeline stores no class_prior to draw class labels from.")
+        generators = generator if isinstance(generator, list) else [generator]
+        draws = []
+        for g in generators:
+            weights = torch.tensor(prior, dtype=torch.float64, device=g.device if g is not None else "cpu")
+            count = 1 if isinstance(generator, list) else batch_size
+            draws.append(torch.multinomial(weights, count, replacement=True, generator=g).cpu())
+        return torch.cat(draws).to(self._execution_device)
+
     def classifier_free_scale(self, guidance_scale: float | None, conditional: bool) -> float:
         """The classifier-free guidance weight a call uses: `guidance_scale` when given, else (for a call
         with class labels) `sampling_defaults["guidance_scale"]`, else 1.0 (none)."""
@@ -155,11 +192,14 @@ class GuidanceMixin:
 
     def network_evaluations(self, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                             autoguidance_scale: float | None = None, guidance_interval=None,
-                            class_labels: bool = False) -> int:
+                            class_labels: bool | None = None) -> int:
         """Forward passes per image that `__call__` makes with these arguments: one per step, one more per
         step for classifier-free guidance (with `class_labels`) and for each network autoguidance adds.
-        Arguments left None take the pipeline's `sampling_defaults`, as `__call__` does."""
+        Arguments left None take the pipeline's `sampling_defaults`, as `__call__` does (`class_labels`
+        None: as a call without them, which draws labels when a `class_prior` is stored)."""
         total = 0
+        if class_labels is None:
+            class_labels = self.class_prior is not None
         guidance_scale = self.classifier_free_scale(guidance_scale, class_labels)
         for cfg, auto in self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval):
             main = 2 if class_labels and cfg != 1.0 else 1

@@ -86,8 +86,12 @@ class InversionMixin:
         """Images along the spherical path between two noises (B=1 latents, shape (1, C, H, W)).
 
         To interpolate between two images, invert them first: `pipe.interpolate(pipe.invert(a, n),
-        pipe.invert(b, n), num_inference_steps=n)`. Returns `num_frames` images in `output_type`.
+        pipe.invert(b, n), num_inference_steps=n)`. Returns `num_frames` images in `output_type`. Without
+        `class_labels`, every frame of a class-conditional model uses its "no class" label, as `invert` does
+        (no labels drawn from a stored `class_prior`: the path stays in one class).
         """
         frames = slerp(start[0], end[0], torch.linspace(0, 1, num_frames))
+        if class_labels is None and self.class_prior is not None:
+            class_labels = self.null_class_label
         return self(latents=frames, num_inference_steps=num_inference_steps, output_type=output_type,
                     class_labels=class_labels, guidance_scale=guidance_scale).images

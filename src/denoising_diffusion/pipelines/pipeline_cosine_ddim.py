@@ -72,8 +72,9 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
             "step": 290, "of_steps": 1160}`), shown on the model card.
         sampling_defaults (`dict`, *optional*): what `__call__` uses when an argument is not given:
             `num_inference_steps`, `autoguidance_scale`, `guidance_interval`, and for a class-conditional
-            model `guidance_scale` (used when `class_labels` are given) (the measured best for this model,
-            so that `pipe(batch_size=16)` gives its best samples).
+            model `guidance_scale` (used with class labels) and `class_prior` (one probability per class:
+            a call without `class_labels` draws them from it) (the measured best for this model, so that
+            `pipe(batch_size=16)` gives its best samples).
 
     The UNet and the scheduler must share one noise schedule (`SCHEDULE_KEYS`); that is checked here and
     whenever `pipe.scheduler` or `pipe.unet` is replaced. `from_pretrained` is diffusers' own loader
@@ -115,6 +116,10 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
             raise ValueError("sampling_defaults sets autoguidance_scale, but there is no guide_unet.")
         if num_classes is None and sampling_defaults.get("guidance_scale", 1.0) != 1.0:
             raise ValueError("sampling_defaults sets guidance_scale, but the UNet is unconditional (no num_class_embeds).")
+        prior = sampling_defaults.get("class_prior")
+        if prior is not None and len(prior) != (num_classes or 0):
+            raise ValueError(f"sampling_defaults class_prior needs one probability per class of the UNet "
+                             f"({num_classes or 0}), got {len(prior)}.")
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self.register_to_config(image_mean=image_mean, image_std=image_std, distilled_steps=distilled_steps,
                                 class_names=class_names, guide_info=dict(guide_info) if guide_info else None,
@@ -170,7 +175,8 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         return None if n is None else n - 1
 
     def _class_labels(self, class_labels, batch_size: int) -> torch.Tensor | None:
-        """Checked labels (B,) on the execution device, or None for unconditional sampling."""
+        """Checked labels (B,) on the execution device, or None when not given. The "no class" label
+        (`null_class_label`) is accepted: unconditional samples of a class-conditional model."""
         null = self.null_class_label
         if class_labels is None:
             return None
@@ -184,8 +190,9 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
             labels = labels.expand(batch_size)
         if labels.numel() != batch_size:
             raise ValueError(f"Got {labels.numel()} class_labels for batch_size={batch_size}; give one or one per image.")
-        if labels.min() < 0 or labels.max() >= null:
-            raise ValueError(f"class_labels must be in [0, {null - 1}] for this model, got {labels.tolist()}.")
+        if labels.min() < 0 or labels.max() > null:
+            raise ValueError(f"class_labels must be in [0, {null - 1}] for this model (or {null}, its \"no class\" "
+                             f"label), got {labels.tolist()}.")
         return labels
 
     @property
@@ -240,11 +247,12 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
                 drawing it (e.g. fixed noise to compare samples across training); its B wins over
                 `batch_size`.
             class_labels (`int`, `str`, list or tensor, *optional*): for class-conditional models, the
-                class of each image, as an index or one of `class_names` (one value is used for all). Omitted: unconditional samples (the model's
-                "no class" embedding, the last one, learned by dropping labels in training).
+                class of each image, as an index or one of `class_names` (one value is used for all).
+                Omitted: drawn from a stored `class_prior` (with `generator`), else "no class"
+                (`null_class_label`, also accepted as a label): unconditional samples.
             guidance_scale (`float`, *optional*): classifier-free guidance (Ho & Salimans 2022) towards
                 `class_labels`: `uncond + guidance_scale * (cond - uncond)`; 1.0 is plain conditional
-                sampling. Defaults to `sampling_defaults` when `class_labels` are given, else 1.0.
+                sampling. Defaults to `sampling_defaults` for calls with class labels (given or drawn), else 1.0.
             autoguidance_scale (`float`, *optional*): autoguidance (Karras et al. 2024, "Guiding a Diffusion
                 Model with a Bad Version of Itself") with `guide_unet`: `guide + autoguidance_scale * (main -
                 guide)`; 1.0 is off. Works for unconditional and class-conditional models, and combines with
@@ -260,14 +268,12 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        drawn = class_labels is None and self.class_prior is not None
         latents = self._check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale,
-                                        autoguidance_scale, guidance_interval)
-        if latents is not None:
-            batch_size = latents.shape[0]
+                                        autoguidance_scale, guidance_interval, drawn)
+        batch_size = batch_size if latents is None else latents.shape[0]
         if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"Got a list of {len(generator)} generators for batch_size={batch_size}; they must match."
-            )
+            raise ValueError(f"Got a list of {len(generator)} generators for batch_size={batch_size}; they must match.")
         shape = self._image_shape(batch_size)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
@@ -275,7 +281,7 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
         image = latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
-        labels = self._class_labels(class_labels, batch_size)
+        labels = self.draw_class_labels(batch_size, generator) if drawn else self._class_labels(class_labels, batch_size)
         guidance_scale = self.classifier_free_scale(guidance_scale, labels is not None)
         plan = self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval)
         if any(auto != 1.0 for _, auto in plan) and self.guide_unet is None:
@@ -302,7 +308,7 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
 
     @staticmethod
     def _check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale, autoguidance_scale=None,
-                         guidance_interval=None):
+                         guidance_interval=None, labels_drawn=False):
         """Refuse arguments that would fail deep inside sampling or be silently wrong; `latents` as a tensor."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
@@ -315,7 +321,7 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         if guidance_scale is not None and not (isinstance(guidance_scale, (int, float))
                                                and math.isfinite(guidance_scale)):
             raise ValueError(f"guidance_scale must be a number (1.0: off; about 2 to 5 guides), got {guidance_scale!r}.")
-        if guidance_scale not in (None, 1.0) and class_labels is None:
+        if guidance_scale not in (None, 1.0) and class_labels is None and not labels_drawn:
             raise ValueError(f"guidance_scale={guidance_scale} needs class_labels: guidance steers samples towards a "
                              "class, and without labels they are unconditional.")
         if autoguidance_scale is not None and not (isinstance(autoguidance_scale, (int, float))

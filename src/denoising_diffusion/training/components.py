@@ -3,6 +3,7 @@ are needed (the trainer, the sweep, the benchmarks)."""
 
 import difflib
 import inspect
+import logging
 
 import torch
 from diffusers import UNet2DModel
@@ -10,7 +11,9 @@ from diffusers import UNet2DModel
 from ..models.unet_continuous import ContinuousUNet2DModel
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from ..schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
-from .config import ConfigError, TrainingConfig
+from .config import CLASS_PRIOR_FROM_DATA, ConfigError, TrainingConfig
+
+logger = logging.getLogger(__name__)
 
 
 def build_unet(config: TrainingConfig) -> ContinuousUNet2DModel:
@@ -43,6 +46,25 @@ def build_scheduler(config: TrainingConfig) -> CosineDDIMScheduler:
         schedule=config.schedule, min_signal_rate=config.min_signal_rate, max_signal_rate=config.max_signal_rate,
         prediction_type=config.prediction_type,
     )
+
+
+def resolve_class_prior(sampling: dict | None, labels: torch.Tensor | None, num_classes: int | None,
+                        streaming: bool = False) -> dict | None:
+    """The config's `sampling` with `class_prior: dataset` replaced by the training labels' frequencies
+    (`labels`: every training label, `num_classes` of them; a stream, whose labels are not known before
+    training, gets equal weights, with a warning; `num_classes` None, an unconditional model as
+    `label_column: auto` makes for images without classes, drops it)."""
+    if not sampling or sampling.get("class_prior") != CLASS_PRIOR_FROM_DATA:
+        return sampling
+    if num_classes is None:  # label_column: auto on images without classes: an unconditional model
+        return {k: v for k, v in sampling.items() if k != "class_prior"}
+    if streaming or labels is None:
+        logger.warning("sampling.class_prior='dataset': a stream's class frequencies are not known before training; "
+                       "the saved pipeline draws its %d classes with equal probability.", num_classes)
+        counts = [1.0] * num_classes
+    else:
+        counts = torch.bincount(labels.long().reshape(-1), minlength=num_classes).double().tolist()
+    return {**sampling, "class_prior": [c / sum(counts) for c in counts]}
 
 
 def sampling_components(sampling: dict | None, scheduler_config, guided: bool) -> tuple[CosineDDIMScheduler, dict]:

@@ -13,6 +13,8 @@ from typing import Optional, Union
 from ..models.compile import check_compile_options
 from ..pipelines.guidance import check_sampling_defaults
 
+CLASS_PRIOR_FROM_DATA = "dataset"  # sampling.class_prior: the training labels' frequencies, counted by the trainer
+
 LOSSES = ("mae", "mse")
 LOSS_TARGETS = ("noise", "image", "velocity")
 NORMALIZATIONS = ("minus_one_one", "dataset")
@@ -146,7 +148,10 @@ class TrainingConfig:
         default=None,
         metadata={"help": "The saved pipeline's sampling defaults, as a mapping (YAML) or JSON string: scheduler "
                           "('ddim' or 'dpm_solver'), num_inference_steps, autoguidance_scale (needs guide) and "
-                          "guidance_interval [sigma_lo, sigma_hi] (sigma = sigma_t / alpha_t; null: no upper bound)."},
+                          "guidance_interval [sigma_lo, sigma_hi] (sigma = sigma_t / alpha_t; null: no upper bound); "
+                          "for a class-conditional model (label_column) guidance_scale (classifier-free guidance "
+                          "with class labels) and class_prior ('dataset': the training labels' frequencies, or one "
+                          "weight per class): pipe() without class_labels then draws them from it."},
     )
 
     # -- optimisation (the Keras DDIM example's AdamW)
@@ -332,10 +337,14 @@ class TrainingConfig:
         scheduler = sampling.pop("scheduler", "ddim")
         if scheduler not in SAMPLERS:
             raise ConfigError(f"sampling.scheduler={scheduler!r} is not valid; expected one of {SAMPLERS}.")
+        prior = sampling.pop("class_prior", None)
         try:
-            check_sampling_defaults(sampling)
+            check_sampling_defaults(sampling if prior in (None, CLASS_PRIOR_FROM_DATA) else {**sampling, "class_prior": prior})
         except ValueError as error:
             raise ConfigError(f"sampling: {error}") from error
+        if prior is not None and not self.label_column:
+            raise ConfigError(f"sampling.class_prior={prior!r} draws class labels, which needs a class-conditional model "
+                              "(label_column).")
         if sampling.get("guidance_scale", 1.0) != 1.0 and not self.label_column:
             raise ConfigError(f"sampling.guidance_scale={sampling['guidance_scale']} is classifier-free guidance towards "
                               "a class, which needs a class-conditional model (label_column).")

@@ -37,7 +37,8 @@ from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .callbacks import Callback, HubPushes, KIDEvaluation, SampleGrids, Throughput
 from .checkpoints import (Checkpoints, check_checkpoint_fits, check_output_dir, checkpoint_step, remove_previous_run,
                           remove_unfinished_checkpoints, resume_target)
-from .components import build_scheduler, build_unet, resolve_mixed_precision, sampling_components
+from .components import (build_scheduler, build_unet, resolve_class_prior, resolve_mixed_precision,
+                         sampling_components)
 from .config import ConfigError, TrainingConfig
 from .data import check_labels, class_names, number_of_classes, pixel_statistics, prepare_dataset
 from .guide import GuideSnapshot
@@ -92,6 +93,9 @@ class Trainer:
         if self.use_labels:
             check_labels(self.images.labels(), config.label_column, self.null_class_label)
             self.class_names = class_names(config, self.images, self.null_class_label)
+        # the saved pipeline's sampling defaults, `class_prior: dataset` counted from the training labels
+        self.sampling = resolve_class_prior(config.sampling, None if config.streaming or not self.use_labels
+                                            else self.images.labels(), self.null_class_label, config.streaming)
         self._prepare_model_and_data()
         self.generator = torch.Generator(device=accelerator.device).manual_seed(
             config.seed + 1000 * accelerator.process_index + 1
@@ -202,7 +206,7 @@ class Trainer:
             state.update(callback.state_dict())
         unet = self.accelerator.unwrap_model(self.unet)
         pipeline = {"unet": dict(unet.config), "scheduler": dict(self.noise_scheduler.config),
-                    "sampling": self.config.sampling, "image_mean": self.image_mean, "image_std": self.image_std,
+                    "sampling": self.sampling, "image_mean": self.image_mean, "image_std": self.image_std,
                     "distilled_steps": self.objective.distilled_steps, "class_names": self.class_names,
                     "guide_info": None if self.guide is None else self.guide.info,
                     "summary": {"hardware": self.hardware(), "num_train_images": self.images.num_examples}}
@@ -250,7 +254,7 @@ class Trainer:
             self.ema.copy_to(copy.parameters())
         copy = copy.to(self.accelerator.device).eval()
         guide = None if self.guide is None else self.guide.unet(copy)  # None before the snapshot
-        scheduler, defaults = sampling_components(self.config.sampling, self.noise_scheduler.config, guide is not None)
+        scheduler, defaults = sampling_components(self.sampling, self.noise_scheduler.config, guide is not None)
         pipe = CosineDDIMPipeline(copy, scheduler,
                                   image_mean=self.image_mean, image_std=self.image_std,
                                   distilled_steps=self.objective.distilled_steps, class_names=self.class_names,
