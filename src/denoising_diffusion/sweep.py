@@ -93,14 +93,22 @@ def matches(saved: dict, settings: dict) -> bool:
 def validation_losses(pipe: CosineDDIMPipeline, images: TrainingImages, config, batches: int,
                       batch_size: int = 64) -> dict[str, float]:
     """Mean MAE on the noise and on the image over `batches` batches of the training images (fixed
-    noise and times)."""
+    noise and times); a class-conditional model is given the images' labels ("no class" for a stream,
+    whose labels are not read ahead)."""
     generator = torch.Generator(device=pipe.device).manual_seed(1234)
     scheduler = build_scheduler(config)
     objective = DiffusionObjective.from_config(config)
     totals = {"noise_loss": 0.0, "image_loss": 0.0}
-    chunks = images.pixels(batches * batch_size).split(batch_size)
-    for batch in chunks:
-        losses = objective(pipe.unet, scheduler, pipe.normalize(batch.to(pipe.device).float() / 255.0), generator)
+    pixels = images.pixels(batches * batch_size)
+    chunks = pixels.split(batch_size)
+    labels = [None] * len(chunks)
+    if pipe.null_class_label is not None:
+        known = images.label_column is not None and not images.streaming
+        labels = (images.labels()[:len(pixels)] if known else torch.full((len(pixels),), pipe.null_class_label))
+        labels = labels.long().to(pipe.device).split(batch_size)
+    for batch, batch_labels in zip(chunks, labels):
+        losses = objective(pipe.unet, scheduler, pipe.normalize(batch.to(pipe.device).float() / 255.0), generator,
+                           batch_labels)
         for key in totals:
             totals[key] += losses[key].item()
     return {key: value / len(chunks) for key, value in totals.items()}
