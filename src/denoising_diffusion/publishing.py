@@ -129,13 +129,12 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
                         "(the pipeline's `distilled_steps`); keep the stored DDIM scheduler and its `timestep_spacing`.")
     defaults = index.get("sampling_defaults") or {}
     steps = distilled_steps or (None if defaults.get("num_inference_steps") else 20)
-    cfg = None if defaults.get("guidance_scale") else 2.0  # a stored classifier-free guidance weight is used as is
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE),
         model_name=repo_id.split("/")[-1] if repo_id else folder.resolve().name, repo_id=repo_id or str(folder),
         description=description, distilled_steps=distilled_steps,
-        usage_arguments=sampling_arguments(class_names, steps, guidance_scale=cfg),
-        usage_arguments_10=sampling_arguments(class_names, 10, guidance_scale=cfg),
+        usage_arguments=sampling_arguments(class_names, steps, sampling_defaults=defaults),
+        usage_arguments_10=sampling_arguments(class_names, 10, sampling_defaults=defaults),
         sampling_table=_sampling_table(folder, class_names) if defaults else "",
         guide=_guide_description(index.get("guide_info")),
         class_table="\n".join(f"| {i} | {name} |" for i, name in enumerate(class_names or [])),

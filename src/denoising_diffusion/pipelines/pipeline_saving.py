@@ -68,14 +68,14 @@ def with_retries(call, *args, attempts: int = 4, delay: float = 1.0, **kwargs):
 
 
 def sampling_arguments(class_names: list[str] | None, num_inference_steps: int | None = None, batch: int = 4,
-                       guidance_scale: float | None = 2.0) -> str:
-    """The arguments of a model card's sampling snippet: a batch, the class names in turn (with
-    `guidance_scale` unless it is None: the pipeline's stored default) for a class-conditional model, and
-    the step count when given."""
+                       sampling_defaults: dict | None = None) -> str:
+    """The arguments of a model card's sampling snippet: a batch, the class names in turn for a
+    class-conditional model (with `guidance_scale=2` unless the pipeline's `sampling_defaults` store a
+    weight, which the call then uses), and the step count when given."""
     arguments = f"batch_size={batch}"
     if class_names:
         arguments += f", class_labels={[class_names[i % len(class_names)] for i in range(batch)]!r}"
-        arguments += f", guidance_scale={guidance_scale:g}" if guidance_scale is not None else ""
+        arguments += "" if (sampling_defaults or {}).get("guidance_scale") else ", guidance_scale=2"
     return arguments + (f", num_inference_steps={num_inference_steps}" if num_inference_steps else "")
 
 
@@ -183,8 +183,8 @@ class SavesCodeMixin:
 
     def _write_usage_card(self, folder: Path, repo_id: str) -> None:
         """A short model card for a pipeline pushed on its own: how to load and sample it."""
-        stored = (self.config.get("sampling_defaults") or {}).get("guidance_scale")
-        arguments = sampling_arguments(getattr(self, "class_names", None), guidance_scale=None if stored else 2.0)
+        arguments = sampling_arguments(getattr(self, "class_names", None),
+                                       sampling_defaults=self.config.get("sampling_defaults"))
         code = (f"import torch\nfrom denoising_diffusion import {type(self).__name__}\n\n"
                 f"pipe = {type(self).__name__}.from_pretrained({repo_id!r})\n"
                 f"images = pipe({arguments}, generator=torch.Generator().manual_seed(0)).images\n"

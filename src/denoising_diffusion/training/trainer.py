@@ -89,13 +89,13 @@ class Trainer:
         num_class_embeds = self.unet.config.num_class_embeds  # its last embedding means "no class"
         self.null_class_label = None if num_class_embeds is None else num_class_embeds - 1
         self.use_labels = config.label_column is not None and num_class_embeds is not None
-        self.class_names = None
+        self.class_names, labels = None, None
         if self.use_labels:
-            check_labels(self.images.labels(), config.label_column, self.null_class_label)
+            labels = self.images.labels()  # read once: checked, then counted for `class_prior: dataset`
+            check_labels(labels, config.label_column, self.null_class_label)
             self.class_names = class_names(config, self.images, self.null_class_label)
         # the saved pipeline's sampling defaults, `class_prior: dataset` counted from the training labels
-        self.sampling = resolve_class_prior(config.sampling, None if config.streaming or not self.use_labels
-                                            else self.images.labels(), self.null_class_label, config.streaming)
+        self.sampling = resolve_class_prior(config.sampling, labels, self.null_class_label, config.streaming)
         self._prepare_model_and_data()
         self.generator = torch.Generator(device=accelerator.device).manual_seed(
             config.seed + 1000 * accelerator.process_index + 1
