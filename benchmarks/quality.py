@@ -291,6 +291,7 @@ class Study:
                     variant["tuning"] = [c for c in before.get("tuning", [])
                                          if c.get("block", "tuned") not in self.only] + variant.get("tuning", [])
             out["variants"] = {**earlier.get("variants", {}), **results}
+            out["seeds"] = sorted(set(earlier.get("seeds", [])) | set(out["seeds"]))  # each row's own: its per_seed
         path.write_text(json.dumps(out, indent=2) + "\n")
         print(f"Wrote {path}")
         return out

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_pipeline, tiny_unet
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler
+from denoising_diffusion.pipelines.guidance import check_sampling_defaults
 from denoising_diffusion.training import ConfigError, parse_config, train
 from denoising_diffusion.training.checkpoints import export_pipeline
 from test_training import ROOT, TINY, KillAfterCheckpoint, assert_same_weights
@@ -339,6 +340,14 @@ def test_a_stored_classifier_free_guidance_weight_is_used_with_class_labels_only
     assert loaded.config.sampling_defaults["guidance_scale"] == 3.0
     again = loaded(batch_size=2, generator=torch.Generator().manual_seed(5), output_type="pt", class_labels=[0, 2]).images
     torch.testing.assert_close(again, stored, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["autoguidance_scale", "guidance_scale"])
+@pytest.mark.parametrize("weight", [True, 0.5, float("nan"), "3"])
+def test_stored_guidance_weights_are_checked_alike(name, weight):
+    with pytest.raises(ValueError, match=rf"sampling_defaults {name} must be a number >= 1 \(1: no guidance\), got"):
+        check_sampling_defaults({name: weight})
+    assert check_sampling_defaults({name: 2})[name] == 2
 
 
 def test_a_stored_classifier_free_guidance_weight_needs_a_class_conditional_model():

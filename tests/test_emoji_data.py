@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import pytest
 
 from denoising_diffusion import CosineDDIMPipeline
 from denoising_diffusion.training import parse_config, train
@@ -72,3 +73,9 @@ def test_emoji32_config_trains_on_the_written_dataset(tmp_path):
         pipe = CosineDDIMPipeline.from_pretrained(out)
         assert pipe.unet.config.in_channels == 3 and pipe.unet.config.num_class_embeds == 10
         assert pipe.unet.config.sample_size == {"emoji": 64, "emoji32": 32}[name]
+    # emoji32's pipe() draws each category at its training frequency: 1 smiley, 2 people, 1 flag
+    expected = [0.0] * len(emoji.CATEGORIES)
+    for category, count in {"Smileys & Emotion": 1, "People & Body": 2, "Flags": 1}.items():
+        expected[emoji.CATEGORIES.index(category)] = count / 4
+    assert pipe.class_prior == pytest.approx(expected)
+    assert pipe.config.sampling_defaults["autoguidance_scale"] == 3.0

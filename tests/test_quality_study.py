@@ -57,6 +57,17 @@ def test_the_study_trains_each_seed_tunes_on_other_noise_and_reports_at_the_budg
     assert [t["guide"]["step"] for t in guided["training"]] == [2, 2]
     assert "KID" in result.stdout and "tuned" in result.stdout
 
+    # a later screen of one variant, seed and sampler merges into the same file: the rest is kept
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), str(tmp_path / "tiny.yaml"),
+                            "--variants", "plain", "--seeds", "3", "--samplers", "ddim"],
+                           capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    merged = json.loads(next((tmp_path / "results").glob("quality-tiny-*.json")).read_text())
+    assert merged["seeds"] == [1, 2, 3]
+    assert [run["seed"] for run in merged["variants"]["plain"]["samplers"]["ddim"]["per_seed"]] == [3]
+    assert merged["variants"]["plain"]["samplers"]["dpm_3"] == plain["samplers"]["dpm_3"]
+    assert merged["variants"]["guided"] == guided
+
 
 def _quality_module():
     import importlib.util

@@ -65,13 +65,11 @@ def check_sampling_defaults(defaults: dict | None) -> dict:
     steps = defaults.get("num_inference_steps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"sampling_defaults num_inference_steps must be an integer >= 1, got {steps!r}.")
-    scale = defaults.get("autoguidance_scale")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 1.0):
-        raise ValueError(f"sampling_defaults autoguidance_scale must be a number >= 1 (1: no guidance), got {scale!r}.")
-    cfg = defaults.get("guidance_scale")
-    if cfg is not None and not (isinstance(cfg, (int, float)) and not isinstance(cfg, bool) and math.isfinite(cfg)
-                                and cfg >= 1.0):
-        raise ValueError(f"sampling_defaults guidance_scale must be a number >= 1 (1: no guidance), got {cfg!r}.")
+    for name in ("autoguidance_scale", "guidance_scale"):
+        weight = defaults.get(name)
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                                   or not math.isfinite(weight) or weight < 1.0):
+            raise ValueError(f"sampling_defaults {name} must be a number >= 1 (1: no guidance), got {weight!r}.")
     if defaults.get("guidance_interval") is not None:
         low, high = check_guidance_interval(defaults["guidance_interval"])
         defaults["guidance_interval"] = [low, high if math.isfinite(high) else None]  # JSON has no inf
@@ -163,11 +161,12 @@ class GuidanceMixin:
         if prior is None:
             raise ValueError("This pipeline stores no class_prior to draw class labels from.")
         generators = generator if isinstance(generator, list) else [generator]
+        count = 1 if isinstance(generator, list) else batch_size
+        weights = torch.tensor(prior, dtype=torch.float64)
         draws = []
-        for g in generators:
-            weights = torch.tensor(prior, dtype=torch.float64, device=g.device if g is not None else "cpu")
-            count = 1 if isinstance(generator, list) else batch_size
-            draws.append(torch.multinomial(weights, count, replacement=True, generator=g).cpu())
+        for g in generators:  # each generator draws on its own device
+            on_device = weights.to(g.device if g is not None else "cpu")
+            draws.append(torch.multinomial(on_device, count, replacement=True, generator=g).cpu())
         return torch.cat(draws).to(self._execution_device)
 
     def classifier_free_scale(self, guidance_scale: float | None, conditional: bool) -> float:
