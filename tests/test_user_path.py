@@ -51,6 +51,7 @@ def test_a_class_folder_trains_conditionally_and_its_owner_less_push_has_a_card_
         assert config["label_column"] == "label" and config["unet"]["num_class_embeds"] == 3
         assert config["mixed_precision"] == "no"  # 'auto' on a CPU
         assert CosineDDIMPipeline.from_pretrained(out).class_names == ["cat", "dog"]
+        assert CosineDDIMPipeline.from_pretrained(out).class_prior == [0.5, 0.5]  # sampling.class_prior: dataset
         card = hub.repos["tester/my-pets"]["files"]["README.md"].decode()  # the Hub put it under the token's user
         assert "| 0 | cat |" in card and "| 1 | dog |" in card
         assert str(tmp_path) not in card  # no local path on the Hub page
@@ -61,6 +62,21 @@ def test_a_class_folder_trains_conditionally_and_its_owner_less_push_has_a_card_
         (fresh / "card_code.py").write_text(code)
         run([str(fresh / "card_code.py")], hub, fresh, cwd=fresh)  # pasted into a new process, HF_ENDPOINT at the stand-in
     assert PIL.Image.open(fresh / "sample.png").size == (8, 8)
+
+
+def test_a_folder_without_classes_trains_unconditionally_and_samples_with_no_arguments(tmp_path):
+    images = tmp_path / "holiday"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        PIL.Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
+    out = train(parse_config(["--config", str(ROOT / "configs/images.yaml"), "--train_data_dir", str(images),
+                              "--output_dir", str(tmp_path / "run"), *TINY_FOLDER_RUN]))
+    pipe = CosineDDIMPipeline.from_pretrained(out)
+    assert pipe.unet.config.num_class_embeds is None and pipe.class_prior is None
+    assert "class_prior" not in pipe.config.sampling_defaults  # the config's class_prior: dataset has no classes to count
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images.shape == (2, 3, 8, 8)
 
 
 def test_class_names_travel_into_the_pipeline_and_name_the_classes(tmp_path):
