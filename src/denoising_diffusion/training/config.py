@@ -337,9 +337,11 @@ class TrainingConfig:
         scheduler = sampling.pop("scheduler", "ddim")
         if scheduler not in SAMPLERS:
             raise ConfigError(f"sampling.scheduler={scheduler!r} is not valid; expected one of {SAMPLERS}.")
-        prior = sampling.pop("class_prior", None)
+        prior = sampling.get("class_prior")
+        if prior == CLASS_PRIOR_FROM_DATA:  # counted from the training labels by the trainer
+            del sampling["class_prior"]
         try:
-            check_sampling_defaults(sampling if prior in (None, CLASS_PRIOR_FROM_DATA) else {**sampling, "class_prior": prior})
+            check_sampling_defaults(sampling)
         except ValueError as error:
             raise ConfigError(f"sampling: {error}") from error
         if prior is not None and not self.label_column:
