@@ -2,12 +2,13 @@
 
     python benchmarks/training_speed.py [--config configs/digits.yaml] [--device cpu] [--repeats 6] [--batch_size N]
 
-Each variant (eager, channels_last, torch.compile, both; fp32, and bf16 autocast on CUDA) runs a
+Each variant (eager, channels_last, torch.compile, both; fp32, and bf16 autocast on CUDA and on CPUs
+with AVX512-BF16/AMX, where `mixed_precision: auto` picks it) runs a
 full training step (forward, MAE loss, backward, AdamW) on the config's model and batch size. The
 variants are timed in turns, `--repeats` rounds of `--iters` steps each, so a busy machine slows
 them all alike; the table gives the median and the best round. Compilation happens in the warm-up
 and is reported separately. Sampling is timed the same way (batch 256, one UNet call per step).
-Writes benchmarks/results/training_speed-<machine>.json.
+Writes benchmarks/results/training_speed-<machine>.json (`--out` for another name).
 """
 
 import argparse
@@ -76,14 +77,18 @@ def main():
     parser.add_argument("--sample_batch_size", type=int, default=256, help="Batch of the sampling calls.")
     parser.add_argument("--variants", nargs="+", default=None,
                         help="Only these variants, named as in the table: 'fp32', 'bf16 channels_last', "
-                             "'bf16 compile', 'bf16 channels_last compile', ... (default: all; bf16 on CUDA only).")
+                             "'bf16 compile', 'bf16 channels_last compile', ... (default: all; bf16 on CUDA and on "
+                             "CPUs with AVX512-BF16/AMX only).")
+    parser.add_argument("--out", default=None, help="Results file (default: benchmarks/results/training_speed-<machine>.json).")
     args = parser.parse_args()
 
+    from denoising_diffusion.hardware import cpu_has_native_bf16
     from denoising_diffusion.training import parse_config
 
     config = parse_config(["--config", args.config] + (["--train_batch_size", str(args.batch_size)] if args.batch_size else []))
     device = args.device
-    dtypes = [torch.float32] + ([torch.bfloat16] if device.startswith("cuda") else [])
+    native_bf16 = device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16())
+    dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16 else [])
     candidates = {(f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}"
                    f"{' channels_last' if channels_last else ''}{' compile' if compile_ else ''}"): (dtype, channels_last, compile_)
                   for dtype in dtypes for channels_last in (False, True)
@@ -136,7 +141,7 @@ def main():
         result["variants"][name] = {"train_images_per_s": v["train"], "sample_images_per_s_20_steps": v["sample_calls"],
                                     "warmup_s": v["warmup_s"]}
     print("\n".join(lines))
-    out = RESULTS / f"training_speed-{machine_tag()}.json"
+    out = Path(args.out) if args.out else RESULTS / f"training_speed-{machine_tag()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out}")

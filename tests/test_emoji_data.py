@@ -78,4 +78,4 @@ def test_emoji32_config_trains_on_the_written_dataset(tmp_path):
     for category, count in {"Smileys & Emotion": 1, "People & Body": 2, "Flags": 1}.items():
         expected[emoji.CATEGORIES.index(category)] = count / 4
     assert pipe.class_prior == pytest.approx(expected)
-    assert pipe.config.sampling_defaults["autoguidance_scale"] == 3.0
+    assert pipe.config.sampling_defaults["autoguidance_scale"] == 2.0

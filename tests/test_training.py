@@ -9,6 +9,7 @@ import PIL.Image
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from conftest import TINY_ARGS
@@ -181,10 +182,11 @@ def straight_and_resumed(tmp_path, common, kill_after_step):
     return straight, resumed
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])  # bf16: what 'auto' picks on CPUs with AVX512-BF16/AMX
+def test_resume_matches_an_uninterrupted_run(tmp_path, mixed_precision):
     # 40 images, batch 8, accumulation 2: 3 optimiser steps per epoch; stop mid-epoch at step 2.
     common = ["--max_train_steps", 6, "--gradient_accumulation_steps", 2, "--checkpointing_steps", 2,
-              "--lr_scheduler", "cosine", "--lr_warmup_steps", 1, "--random_flip"]
+              "--lr_scheduler", "cosine", "--lr_warmup_steps", 1, "--random_flip", "--mixed_precision", mixed_precision]
     straight, resumed = straight_and_resumed(tmp_path, common, kill_after_step=2)
     assert_same_weights(unet_weights(straight), unet_weights(resumed))
     # the raw (non-EMA) weights match too
@@ -234,8 +236,23 @@ def test_objectives_train_and_the_saved_scheduler_knows_the_parametrisation(tmp_
 
 
 def test_bf16_mixed_precision_on_cpu(tmp_path):
-    out = train(config_for(tmp_path, "--max_train_steps", 2, "--mixed_precision", "bf16"))
-    assert all(torch.isfinite(v).all() for v in unet_weights(out).values())
+    out = train(config_for(tmp_path, "--max_train_steps", 3, "--mixed_precision", "bf16", name="bf16"))
+    AcceleratorState._reset_state(reset_partial_state=True)  # one precision per process, as the sweep does
+    fp32 = train(config_for(tmp_path, "--max_train_steps", 3, "--mixed_precision", "no", name="fp32"))
+    bf16_weights, fp32_weights = unet_weights(out), unet_weights(fp32)
+    assert all(torch.isfinite(v).all() and v.dtype == torch.float32 for v in bf16_weights.values())  # fp32 master weights
+    # the same seed and batches: the products ran in bf16 (the weights differ), and stayed close to fp32
+    assert any(not torch.equal(bf16_weights[k], fp32_weights[k]) for k in bf16_weights)
+    assert max((bf16_weights[k] - fp32_weights[k]).abs().max().item() for k in bf16_weights) < 2e-2
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "no")])
+def test_auto_mixed_precision_on_a_cpu_is_bf16_only_where_the_cpu_has_it(monkeypatch, native_bf16, expected):
+    from denoising_diffusion.training import components
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(components, "cpu_has_native_bf16", lambda: native_bf16)
+    assert components.resolve_mixed_precision("auto") == expected
+    assert components.resolve_mixed_precision("no") == "no" and components.resolve_mixed_precision("bf16") == "bf16"
 
 
 def test_two_process_cpu_run(tmp_path):

@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard
 
 from conftest import TINY_ARGS
 from denoising_diffusion import CosineDDIMPipeline
+from denoising_diffusion.hardware import cpu_has_native_bf16
 from denoising_diffusion.training import ConfigError, parse_config, train
 from fake_hub import FakeHub
 from test_hub import SECRET, run
@@ -49,7 +50,7 @@ def test_a_class_folder_trains_conditionally_and_its_owner_less_push_has_a_card_
         out = workdir / "outputs" / "my_pets"  # named after the folder
         config = yaml.safe_load((out / "training_config.yaml").read_text())
         assert config["label_column"] == "label" and config["unet"]["num_class_embeds"] == 3
-        assert config["mixed_precision"] == "no"  # 'auto' on a CPU
+        assert config["mixed_precision"] == ("bf16" if cpu_has_native_bf16() else "no")  # 'auto' on a CPU
         assert CosineDDIMPipeline.from_pretrained(out).class_names == ["cat", "dog"]
         assert CosineDDIMPipeline.from_pretrained(out).class_prior == [0.5, 0.5]  # sampling.class_prior: dataset
         card = hub.repos["tester/my-pets"]["files"]["README.md"].decode()  # the Hub put it under the token's user

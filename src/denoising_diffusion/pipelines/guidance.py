@@ -154,6 +154,12 @@ class GuidanceMixin:
         """The class probabilities a call without `class_labels` draws its labels from (`sampling_defaults`), or None."""
         return self.sampling_default("class_prior", None)
 
+    @property
+    def draws_class_labels(self) -> bool:
+        """Whether a call without `class_labels` draws them from a stored `class_prior` (else it samples
+        unconditionally: the "no class" label of a class-conditional model)."""
+        return self.class_prior is not None
+
     def draw_class_labels(self, batch_size: int, generator=None) -> torch.Tensor:
         """`batch_size` labels (B,) drawn from `class_prior` on the execution device: with `generator`
         (one, or a list with one per image, as `__call__` takes it) the draw is reproducible."""
@@ -198,7 +204,7 @@ class GuidanceMixin:
         None: as a call without them, which draws labels when a `class_prior` is stored)."""
         total = 0
         if class_labels is None:
-            class_labels = self.class_prior is not None
+            class_labels = self.draws_class_labels
         guidance_scale = self.classifier_free_scale(guidance_scale, class_labels)
         for cfg, auto in self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval):
             main = 2 if class_labels and cfg != 1.0 else 1

@@ -91,7 +91,7 @@ class InversionMixin:
         (no labels drawn from a stored `class_prior`: the path stays in one class).
         """
         frames = slerp(start[0], end[0], torch.linspace(0, 1, num_frames))
-        if class_labels is None and self.class_prior is not None:
+        if class_labels is None and self.draws_class_labels:
             class_labels = self.null_class_label
         return self(latents=frames, num_inference_steps=num_inference_steps, output_type=output_type,
                     class_labels=class_labels, guidance_scale=guidance_scale).images

@@ -268,7 +268,7 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        drawn = class_labels is None and self.class_prior is not None
+        drawn = class_labels is None and self.draws_class_labels
         latents = self._check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale,
                                         autoguidance_scale, guidance_interval, drawn)
         batch_size = batch_size if latents is None else latents.shape[0]

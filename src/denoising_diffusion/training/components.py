@@ -8,6 +8,7 @@ import logging
 import torch
 from diffusers import UNet2DModel
 
+from ..hardware import cpu_has_native_bf16
 from ..models.unet_continuous import ContinuousUNet2DModel
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from ..schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
@@ -80,7 +81,8 @@ def sampling_components(sampling: dict | None, scheduler_config, guided: bool) -
 
 def resolve_mixed_precision(value: str) -> str:
     """`mixed_precision` as Accelerate takes it: 'auto' becomes bf16 on a GPU that has it, fp16 on
-    another GPU, and 'no' (fp32) on a CPU, where half precision is emulated or not applied."""
+    another GPU, bf16 on a CPU with AVX512-BF16 or AMX, and 'no' (fp32) on other CPUs, where bf16 is
+    emulated (slow) and fp16 not applied."""
     if value == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision='fp16' needs a GPU: on a CPU Accelerate would train in fp32 all the same; "
                           "use 'bf16' (fast only with AVX512-BF16/AMX), 'auto' or 'no'.")
@@ -88,4 +90,4 @@ def resolve_mixed_precision(value: str) -> str:
         return value
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
+    return "bf16" if cpu_has_native_bf16() else "no"

@@ -184,7 +184,8 @@ class TrainingConfig:
     mixed_precision: str = field(
         default="no",
         metadata={"help": "'no', 'fp16', 'bf16' (on a CPU only with AVX512-BF16/AMX; emulated otherwise) or 'auto': "
-                          "bf16 on a GPU that has it, else fp16 on a GPU, else fp32 ('no')."}
+                          "bf16 on a GPU that has it, else fp16 on a GPU, bf16 on a CPU with AVX512-BF16/AMX, "
+                          "else fp32 ('no')."}
     )
     channels_last: bool = field(
         default=False,
