@@ -20,7 +20,7 @@ def cpu_model() -> str:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 matrix products in hardware (AVX512-BF16 or AMX): there, bf16
-    autocast trains about 1.6x faster than fp32 (2-core AMD EPYC, docs/benchmarks.md); elsewhere it is
+    autocast trains about 1.7x faster than fp32 (2-core AMD EPYC, docs/benchmarks.md); elsewhere it is
     emulated and slower."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's probes (torch >= 2.1)
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
