@@ -242,3 +242,120 @@ def test_class_prior_dataset_stores_the_training_labels_frequencies(tmp_path):
     card = render_model_card(out).text
     assert "each image's class is drawn from the training images' class frequencies" in card
     assert "`class_labels=10` (the \"no class\" label)" in card
+
+
+# ---------------------------------------------------------------- class_balance: rare classes drawn more often
+
+def test_class_balanced_sampler_draws_classes_in_proportion_to_n_to_the_one_minus_power():
+    from denoising_diffusion.training.data import ClassBalancedSampler
+
+    labels = torch.tensor([0] * 900 + [1] * 100)  # 9:1
+    def share_of_rare(power):
+        sampler = ClassBalancedSampler(labels, seed=3, power=power)
+        drawn = []
+        for epoch in range(20):
+            sampler.set_epoch(epoch)
+            drawn += list(sampler)
+        assert len(drawn) == 20 * len(labels)  # an epoch keeps its length
+        return (labels[torch.tensor(drawn)] == 1).float().mean().item()
+
+    assert share_of_rare(0.0) == pytest.approx(0.1, abs=0.01)  # the data's frequencies
+    assert share_of_rare(1.0) == pytest.approx(0.5, abs=0.01)  # every class equally often
+    assert share_of_rare(0.5) == pytest.approx(1 / (1 + 3), abs=0.01)  # sqrt(100) : sqrt(900) = 1 : 3
+    # the order is a function of (seed, epoch) alone; random crops get (epoch, index) keys
+    a, b = ClassBalancedSampler(labels, 3, 1.0), ClassBalancedSampler(labels, 3, 1.0)
+    assert list(a) == list(b)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+    pairs = ClassBalancedSampler(labels, 3, 1.0, pairs=True)
+    pairs.set_epoch(4)
+    b.set_epoch(4)
+    assert list(pairs) == [(4, i) for i in b]
+
+
+def _imbalanced_dataset(folder, counts=(36, 4)):
+    from datasets import ClassLabel, Dataset, Features, Image
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    images = [PIL.Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), mode="L") for _ in labels]
+    Dataset.from_dict({"image": images, "label": labels},
+                      features=Features({"image": Image(), "label": ClassLabel(names=["common", "rare"])})
+                      ).save_to_disk(str(folder))
+    return str(folder)
+
+
+@pytest.mark.parametrize("balance, rare_share", [(0.0, 0.1), (1.0, 0.5)])
+def test_trainer_batches_follow_class_balance(tmp_path, balance, rare_share):
+    from denoising_diffusion.training import Trainer
+
+    data = _imbalanced_dataset(tmp_path / "data")
+    config = parse_config(TINY + ["--output_dir", str(tmp_path / "run"), "--dataset_name", data, "--label_column",
+                                  "label", "--max_train_samples", "40", "--class_balance", str(balance)])
+    trainer = Trainer(config)
+    drawn = []
+    for epoch in range(25):
+        trainer.dataloader.set_epoch(epoch)
+        drawn += [label for batch in trainer.dataloader for label in batch["labels"].tolist()]
+    assert len(drawn) == 25 * 40
+    assert sum(drawn) / len(drawn) == pytest.approx(rare_share, abs=0.04)
+
+
+def test_class_balanced_run_resumes_bit_identically(tmp_path):
+    from test_training import assert_same_weights, straight_and_resumed, unet_weights
+
+    data = _imbalanced_dataset(tmp_path / "data")
+    common = ["--dataset_name", data, "--label_column", "label", "--class_balance", 1.0, "--max_train_steps", 7,
+              "--checkpointing_steps", 4]  # 40 images, batch 8: stopped and resumed mid-epoch (step 4 of 5)
+    straight, resumed = straight_and_resumed(tmp_path, common, kill_after_step=4)
+    assert_same_weights(unet_weights(straight), unet_weights(resumed))
+
+
+def test_class_balance_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"class_balance=1.5 is not valid; expected a value in \[0, 1\]"):
+        parse_config(TINY + ["--label_column", "label", "--class_balance", "1.5"])
+    with pytest.raises(ConfigError, match=r"class_balance=1.0 draws examples by class, which needs label_column"):
+        parse_config(TINY + ["--class_balance", "1"])
+    with pytest.raises(ConfigError, match=r"class_balance=0.5 .*not streamed"):
+        parse_config(TINY + ["--label_column", "label", "--class_balance", "0.5", "--streaming",
+                             "--max_train_steps", "2"])
+
+
+def test_class_balance_on_a_folder_without_classes_is_ignored_with_a_warning(tmp_path, caplog):
+    import numpy as np
+    import PIL.Image
+
+    images = tmp_path / "holiday"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        PIL.Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    with caplog.at_level("WARNING"):
+        out = train(parse_config(TINY + ["--train_data_dir", str(images), "--channels", "3", "--label_column", "auto",
+                                         "--class_balance", "1", "--max_train_steps", "2",
+                                         "--output_dir", str(tmp_path / "run")]))
+    assert "class_balance=1.0 is ignored: the images have no classes." in caplog.text
+    assert json.loads((out / "training_summary.json").read_text())["global_step"] == 2
+
+
+def test_class_rows_draws_one_labelled_row_per_class_from_the_same_noise(tmp_path):
+    import subprocess
+    import sys
+
+    import PIL.Image
+    from conftest import tiny_unet
+    from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
+    from test_training import ROOT
+
+    unet = tiny_unet(num_class_embeds=4)
+    with torch.no_grad():
+        unet.class_embedding.weight.mul_(5)
+    CosineDDIMPipeline(unet, CosineDDIMScheduler(), class_names=["cat", "dog", "owl"]).save_pretrained(tmp_path / "pipe")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/class_rows.py"), "--model", str(tmp_path / "pipe"),
+                          "--out", str(tmp_path / "rows.png"), "--per_row", "4", "--steps", "2"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "3 rows of 4: 4 network evaluations per image" in out  # 2 steps, each guided (x2)
+    width, height = PIL.Image.open(tmp_path / "rows.png").size
+    assert height % 3 == 0 and width == 170 + 4 * (height // 3)  # 3 rows of 4 square tiles after the labels

@@ -107,6 +107,9 @@ class TrainingConfig:
     cond_drop_prob: float = field(
         default=0.1, metadata={"help": "Class-conditional models: chance a label is replaced by 'no class' (CFG)."}
     )
+    class_balance: float = field(default=0.0, metadata={"help": (
+        "Class-conditional models: draw training examples so that a class with n examples comes up in proportion "
+        "to n ** (1 - class_balance): 0 keeps the data's frequencies, 1 trains on every class equally often.")})
     time_distribution: str = field(
         default="uniform",
         metadata={"help": "How training draws noise levels: 'uniform' in time t (the Keras DDIM example), or "
@@ -286,6 +289,11 @@ class TrainingConfig:
             raise ConfigError(f"max_train_steps={self.max_train_steps} is not valid; expected an integer >= 1.")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ConfigError(f"cond_drop_prob={self.cond_drop_prob} is not valid; expected a value in [0, 1).")
+        if not 0.0 <= self.class_balance <= 1.0:
+            raise ConfigError(f"class_balance={self.class_balance} is not valid; expected a value in [0, 1].")
+        if self.class_balance and (self.label_column is None or self.streaming):
+            raise ConfigError(f"class_balance={self.class_balance} draws examples by class, which needs label_column "
+                              "(a class-conditional model) and a dataset that is not streamed.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay={self.ema_decay} is not valid; expected a value in [0, 1).")
         if not 0.0 <= self.ema_min_decay <= self.ema_decay:

@@ -163,6 +163,33 @@ class EpochSampler(torch.utils.data.Sampler):
         return ((self.epoch, int(i)) for i in order)
 
 
+class ClassBalancedSampler(torch.utils.data.Sampler):
+    """As many indices per epoch as there are examples, drawn with replacement so that a class with
+    n_c examples comes up in proportion to n_c ** (1 - power): `power` 0 keeps the data's class
+    frequencies, 0.5 draws classes in proportion to the square root of their size, 1 draws every class
+    equally often. The order depends on (seed, epoch) alone (`set_epoch`), so every process draws the
+    same one and a resumed run draws what an uninterrupted one did. With `pairs`, yields the
+    `(epoch, index)` keys of a `RandomCropDataset`.
+    """
+
+    def __init__(self, labels: torch.Tensor, seed: int, power: float, pairs: bool = False):
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        counts = torch.bincount(labels).to(torch.float64)
+        self.weights = counts[labels].pow(-power)  # per example: its class's share becomes n_c ** (1 - power)
+        self.size, self.seed, self.pairs, self.epoch = len(labels), seed, pairs, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+        return ((self.epoch, int(i)) for i in order) if self.pairs else (int(i) for i in order)
+
+
 class TrainingImages:
     """The training images of any source behind one interface: what `prepare_dataset` returns.
 
@@ -183,11 +210,18 @@ class TrainingImages:
         """How many examples there are (None for a stream: its length is not known)."""
         return None if self.streaming else len(self.dataset)
 
-    def dataloader(self, batch_size: int, seed: int, num_workers: int = 0,
-                   pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    def dataloader(self, batch_size: int, seed: int, num_workers: int = 0, pin_memory: bool = False,
+                   class_balance: float = 0.0) -> torch.utils.data.DataLoader:
         """Batches in an order that depends on (seed, epoch) only (random crops come with their own
-        sampler; a stream is shuffled by `datasets`)."""
-        sampler = self.dataset.sampler(seed) if isinstance(self.dataset, RandomCropDataset) else None
+        sampler; a stream is shuffled by `datasets`). `class_balance` > 0 draws examples with
+        replacement, rare classes more often (`ClassBalancedSampler`); it needs labels and no stream."""
+        crops = isinstance(self.dataset, RandomCropDataset)
+        sampler = self.dataset.sampler(seed) if crops else None
+        if class_balance:
+            if self.streaming or self.label_column is None:
+                raise ConfigError(f"class_balance={class_balance} draws examples by class, which needs a label_column "
+                                  "and a dataset that is not streamed.")
+            sampler = ClassBalancedSampler(self.labels(), seed, class_balance, pairs=crops)
         return torch.utils.data.DataLoader(
             self.dataset, batch_size=batch_size, shuffle=not self.streaming and sampler is None, sampler=sampler,
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,

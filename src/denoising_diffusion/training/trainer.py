@@ -131,8 +131,11 @@ class Trainer:
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
             foreach=True,  # one multi-tensor update instead of a loop over parameters (torch uses it on GPUs only by default)
         )
+        class_balance = config.class_balance if self.use_labels else 0.0
+        if config.class_balance and not self.use_labels:  # label_column: auto on images without class subfolders
+            logger.warning("class_balance=%s is ignored: the images have no classes.", config.class_balance)
         dataloader = self.images.dataloader(config.train_batch_size, config.seed, config.dataloader_num_workers,
-                                            pin_memory=accelerator.device.type == "cuda")
+                                            pin_memory=accelerator.device.type == "cuda", class_balance=class_balance)
         self.steps_per_epoch = None  # a stream: an epoch is one pass, of unknown length
         if not config.streaming:
             batches = math.ceil(self.images.num_examples / (config.train_batch_size * accelerator.num_processes))
