@@ -32,7 +32,8 @@ A study spec is a sweep spec (`python -m denoising_diffusion.sweep`: `base_confi
 Every score also gives the mean distance to the nearest training image over the training images' own
 leave-one-out mean (`nn_ratio`; below 1: closer to the training data than real unseen images are).
 Writes benchmarks/results/quality-<spec name>-<machine>.json and prints a table per sampler (mean over
-seeds, KID spread between seeds).
+seeds, KID spread between seeds). A later run of some variants, seeds or samplers merges into that file
+by seed: its rows replace those of the same seed, the other seeds' rows are kept and the means taken again.
 """
 
 import argparse
@@ -178,6 +179,35 @@ def mean_scores(runs: list[dict]) -> dict:
     return out
 
 
+def merge_by_seed(before: list[dict], now: list[dict]) -> list[dict]:
+    """Rows of both lists, one per seed, `now`'s replacing `before`'s of the same seed, sorted by seed."""
+    rows = {row["seed"]: row for row in before}
+    rows.update({row["seed"]: row for row in now})
+    return [rows[seed] for seed in sorted(rows)]
+
+
+def merge_variant(before: dict, now: dict) -> dict:
+    """One variant's results after a run of some of its seeds and samplers on top of an earlier run.
+
+    A sampler run now keeps the earlier rows of the seeds not run now when its settings are unchanged (its
+    mean is taken again over all of them); with other settings (a tune block that chose differently) only
+    the new rows stand. Samplers and tune blocks not run now are kept as they were.
+    """
+    samplers = dict(before.get("samplers", {}))
+    for name, result in now["samplers"].items():
+        earlier = samplers.get(name)
+        if earlier is not None and earlier["settings"] == result["settings"]:
+            runs = merge_by_seed(earlier["per_seed"], result["per_seed"])
+            result = {**result, "per_seed": runs, "mean": mean_scores(runs)}
+        samplers[name] = result
+    blocks_run = {row["block"] for row in now.get("tuning", [])}
+    tuning = [row for row in before.get("tuning", []) if row.get("block", "tuned") not in blocks_run]
+    merged = {**now, "training": merge_by_seed(before.get("training", []), now["training"]), "samplers": samplers}
+    if tuning or now.get("tuning"):
+        merged["tuning"] = tuning + now.get("tuning", [])
+    return merged
+
+
 TUNED_KEYS = ("autoguidance_scale", "guidance_interval", "guidance_scale")
 BLOCK_KEYS = ("name", "select", "reference", "min_nn_ratio")
 SELECT_METRICS = {"kid": "kid", "recognised": "recognised", "requested": "requested_recognised"}
@@ -282,15 +312,11 @@ class Study:
                "real": self.scorer.reference(), "machine": machine_info(), "variants": results}
         path = RESULTS / f"quality-{self.spec_path.stem}-{machine_tag()}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():  # a run of some variants adds to (or replaces) those of an earlier run
+        if path.exists():  # a run of some variants, seeds or samplers adds to (or replaces) those of an earlier run
             earlier = json.loads(path.read_text())
-            if self.only:  # keep the samplers (and tuning) not run this time
-                for name, variant in results.items():
-                    before = earlier.get("variants", {}).get(name, {})
-                    variant["samplers"] = {**before.get("samplers", {}), **variant["samplers"]}
-                    variant["tuning"] = [c for c in before.get("tuning", [])
-                                         if c.get("block", "tuned") not in self.only] + variant.get("tuning", [])
-            out["variants"] = {**earlier.get("variants", {}), **results}
+            before = earlier.get("variants", {})
+            results = {name: merge_variant(before.get(name, {}), variant) for name, variant in results.items()}
+            out["variants"] = {**before, **results}
             out["seeds"] = sorted(set(earlier.get("seeds", [])) | set(out["seeds"]))  # each row's own: its per_seed
         path.write_text(json.dumps(out, indent=2) + "\n")
         print(f"Wrote {path}")

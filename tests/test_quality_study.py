@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from test_training import ROOT
@@ -64,9 +65,42 @@ def test_the_study_trains_each_seed_tunes_on_other_noise_and_reports_at_the_budg
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     merged = json.loads(next((tmp_path / "results").glob("quality-tiny-*.json")).read_text())
     assert merged["seeds"] == [1, 2, 3]
-    assert [run["seed"] for run in merged["variants"]["plain"]["samplers"]["ddim"]["per_seed"]] == [3]
+    ddim = merged["variants"]["plain"]["samplers"]["ddim"]
+    assert [run["seed"] for run in ddim["per_seed"]] == [1, 2, 3]  # merged by seed: the earlier seeds are kept
+    assert ddim["per_seed"][:2] == plain["samplers"]["ddim"]["per_seed"]
+    assert ddim["mean"]["kid"] == pytest.approx(sum(run["kid"] for run in ddim["per_seed"]) / 3)
+    assert [t["seed"] for t in merged["variants"]["plain"]["training"]] == [1, 2, 3]
     assert merged["variants"]["plain"]["samplers"]["dpm_3"] == plain["samplers"]["dpm_3"]
     assert merged["variants"]["guided"] == guided
+
+
+def test_merge_variant_replaces_rows_by_seed_and_keeps_what_was_not_run():
+    quality = _quality_module()
+
+    def row(seed, kid):
+        return {"seed": seed, "kid": kid, "kid_std": 0.1, "nn_ratio": 1.0}
+
+    def sampler(settings, *rows):
+        return {"settings": settings, "per_seed": list(rows), "mean": quality.mean_scores(list(rows))}
+
+    before = {"training": [{"seed": 1}, {"seed": 2}],
+              "samplers": {"a": sampler({"steps": 5}, row(1, 1.0), row(2, 2.0)),
+                           "b": sampler({"steps": 9}, row(1, 5.0)),
+                           "tuned": sampler({"guidance_scale": 2.0}, row(1, 3.0), row(2, 3.0))},
+              "tuning": [{"block": "tuned", "sampler": {"guidance_scale": 2.0}, "mean": {}}]}
+    now = {"training": [{"seed": 2, "new": True}, {"seed": 3}],
+           "samplers": {"a": sampler({"steps": 5}, row(2, 4.0), row(3, 6.0)),
+                        "tuned": sampler({"guidance_scale": 3.0}, row(2, 7.0), row(3, 7.0))},
+           "tuning": [{"block": "tuned", "sampler": {"guidance_scale": 3.0}, "mean": {}}]}
+    merged = quality.merge_variant(before, now)
+    assert [r["kid"] for r in merged["samplers"]["a"]["per_seed"]] == [1.0, 4.0, 6.0]  # seed 2 replaced, 1 kept
+    assert merged["samplers"]["a"]["mean"]["kid"] == pytest.approx(11 / 3)
+    assert merged["samplers"]["a"]["mean"]["kid_seed_spread"] == pytest.approx(5.0)
+    assert merged["samplers"]["b"] == before["samplers"]["b"]  # not run now: kept
+    assert merged["samplers"]["tuned"] == now["samplers"]["tuned"]  # chose other settings: only the new rows
+    assert merged["training"] == [{"seed": 1}, {"seed": 2, "new": True}, {"seed": 3}]
+    assert merged["tuning"] == now["tuning"]
+    assert quality.merge_variant({}, now)["samplers"] == now["samplers"]
 
 
 def _quality_module():
@@ -79,8 +113,6 @@ def _quality_module():
 
 
 def test_tune_blocks_are_named_and_select_the_requested_class_within_the_reference_kid():
-    import pytest
-
     quality = _quality_module()
     assert [b["name"] for b in quality.tuning_blocks({"guidance_scale": [2.0]})] == ["tuned"]
     blocks = quality.tuning_blocks([{"name": "a", "guidance_scale": [2.0, 3.0], "conditional": True,
