@@ -137,6 +137,20 @@ def test_sweep_trains_each_combination_and_tabulates(tmp_path):
     assert grid.height >= 4 * 48  # one row per run
 
 
+def test_sweep_reuses_a_run_only_when_its_saved_config_has_the_settings():
+    from denoising_diffusion.sweep import matches
+
+    saved = {"loss": "mae", "class_balance": 0.5, "unet": {"block_out_channels": [8, 16], "layers_per_block": 1}}
+    assert matches(saved, {"loss": "mae", "unet": {"layers_per_block": 1}})
+    assert not matches(saved, {"loss": "mse"})
+    assert not matches(saved, {"unet": {"layers_per_block": 2}})
+    assert not matches(saved, {"class_balance": 0.0})
+    # a config saved before an option existed had the option's default, and only that
+    older = {"loss": "mae"}
+    assert matches(older, {"class_balance": 0.0}) and not matches(older, {"class_balance": 0.5})
+    assert not matches(older, {"no_such_option": 1})
+
+
 def test_nearest_neighbour_distances_catch_copies_and_leave_one_out_skips_the_image_itself():
     from denoising_diffusion.evaluation.memorisation import nearest_neighbour_distances, nearest_neighbour_ratio
 

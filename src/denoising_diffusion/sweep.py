@@ -19,6 +19,7 @@ again, and its scores are reused (`sweep_scores.json` in its folder). Writes `re
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import json
 import statistics
@@ -38,7 +39,7 @@ from .schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
 from .training import train
 from .training.components import build_scheduler
 from .training.arguments import parse_config
-from .training.config import ConfigError
+from .training.config import ConfigError, TrainingConfig
 from .training.data import TrainingImages, prepare_dataset
 from .training.objectives import DiffusionObjective
 
@@ -79,12 +80,14 @@ def runs_of(spec: dict, only: list[str] | None = None) -> list[tuple[str, dict]]
 
 
 def matches(saved: dict, settings: dict) -> bool:
-    """Whether a saved training config has every setting (for the UNet: every given key)."""
+    """Whether a saved training config has every setting (for the UNet: every given key). A setting the
+    saved config lacks (it was written before that option existed) counts as the option's default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig) if f.default is not dataclasses.MISSING}
     for key, value in settings.items():
         if key == "unet":
             if any(saved.get("unet", {}).get(k) != v for k, v in value.items()):
                 return False
-        elif saved.get(key) != value:
+        elif saved.get(key, defaults.get(key)) != value:
             return False
     return True
 

@@ -204,6 +204,7 @@ class TrainingImages:
         self.dataset, self.streaming, self.label_column = dataset, streaming, label_column
         self._labels_source = labels_source  # undecoded data holding the label column (random crops)
         self.class_names = class_names  # the label column's ClassLabel names, if it has them
+        self._labels = None  # read once by `labels()`
 
     @property
     def num_examples(self) -> int | None:
@@ -238,14 +239,16 @@ class TrainingImages:
         return torch.stack([example["pixel_values"] for example in self.examples(count)])
 
     def labels(self) -> torch.Tensor:
-        """Every class label, read without decoding images (a stream: the first example's only)."""
+        """Every class label, read once without decoding images (a stream: the first example's only)."""
         if self.label_column is None:
             raise ValueError("These training images have no label_column.")
         if self.streaming:
             return torch.as_tensor([next(iter(self.dataset))["labels"]])
-        if self._labels_source is not None:
-            return torch.as_tensor(self._labels_source.with_format(None)[self.label_column])
-        return torch.as_tensor(self.dataset.with_format(None)["labels"])
+        if self._labels is None:
+            source, column = ((self._labels_source, self.label_column) if self._labels_source is not None
+                              else (self.dataset, "labels"))
+            self._labels = torch.as_tensor(source.with_format(None)[column])
+        return self._labels
 
 
 def check_labels(labels: torch.Tensor, label_column: str, null_class_label: int) -> None:

@@ -91,7 +91,7 @@ class Trainer:
         self.use_labels = config.label_column is not None and num_class_embeds is not None
         self.class_names, labels = None, None
         if self.use_labels:
-            labels = self.images.labels()  # read once: checked, then counted for `class_prior: dataset`
+            labels = self.images.labels()  # checked, counted for `class_prior: dataset`, drawn by class_balance
             check_labels(labels, config.label_column, self.null_class_label)
             self.class_names = class_names(config, self.images, self.null_class_label)
         # the saved pipeline's sampling defaults, `class_prior: dataset` counted from the training labels
