@@ -3,9 +3,10 @@
     python benchmarks/class_rows.py --model outputs/emoji32 --out docs/emoji32_categories.png
     python benchmarks/class_rows.py --model outputs/digits_cond --out rows.png --guidance_scale 1.1 --steps 7
 
-Each row asks for one class (named by the pipeline's `class_names` where it has them) with
-classifier-free guidance `--guidance_scale` and `--steps` steps of the pipeline's saved scheduler;
-autoguidance is off unless `--autoguidance_scale` is given. Prints the network evaluations per image.
+Each row asks for one class (named by the pipeline's `class_names` where it has them) with the
+pipeline's saved scheduler, exactly as `pipe(class_labels=...)` samples it: its stored defaults for
+calls given class labels, unless `--guidance_scale`, `--autoguidance_scale` or `--steps` say otherwise.
+Prints the network evaluations per image.
 """
 
 import argparse
@@ -23,9 +24,9 @@ def main():
     parser.add_argument("--model", required=True, help="A saved class-conditional pipeline folder.")
     parser.add_argument("--out", required=True, help="The PNG to write.")
     parser.add_argument("--per_row", type=int, default=10)
-    parser.add_argument("--guidance_scale", type=float, default=3.0)
-    parser.add_argument("--autoguidance_scale", type=float, default=1.0)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--guidance_scale", type=float, default=None, help="Default: the pipeline's stored one.")
+    parser.add_argument("--autoguidance_scale", type=float, default=None, help="Default: the pipeline's stored one.")
+    parser.add_argument("--steps", type=int, default=None, help="Default: the pipeline's stored step count.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -43,7 +44,8 @@ def main():
                       num_inference_steps=args.steps, output_type="pt").images
         rows.append((name, images))
     cost = pipe.network_evaluations(args.steps, args.guidance_scale, args.autoguidance_scale, class_labels=True)
-    print(f"{len(names)} rows of {args.per_row}: {cost} network evaluations per image")
+    steps = pipe.inference_steps(args.steps, class_labels_given=True)
+    print(f"{len(names)} rows of {args.per_row}: {steps} steps, {cost} network evaluations per image")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     labelled_rows(rows).save(args.out)
     print(f"Wrote {args.out}")

@@ -28,11 +28,15 @@ def sync(device) -> None:
 
 
 def machine_tag() -> str:
-    """A short file-name tag, e.g. 'cpu2' or 'nvidia-h100-80gb-hbm3'."""
+    """A short file-name tag: the GPU (e.g. 'nvidia-h100-80gb-hbm3'), else the cores and the CPU family
+    (e.g. 'cpu2-intel-xeon'). Results files written before the CPU family was part of the tag are named
+    'cpu2'; the machine inside each file says which CPU it was."""
     info = machine_info()
     if info["gpu"]:
         return re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-")
-    return f"cpu{info['cores']}"
+    family = re.sub(r"\((r|tm)\)|\b(processor|cpu)\b", "", (info["cpu"] or "").lower())
+    family = re.sub(r"[^a-z0-9]+", "-", family).strip("-")
+    return f"cpu{info['cores']}" + (f"-{family}" if family else "")
 
 
 def matmul_peak(device: str, dtype: torch.dtype | None = None, n: int | None = None, iters: int = 10,

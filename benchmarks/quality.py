@@ -14,7 +14,9 @@ A study spec is a sweep spec (`python -m denoising_diffusion.sweep`: `base_confi
   `emoji_classifier.py`: KID, and for class-conditional samplers the requested category recognised).
 * `budget`: network evaluations per image; a sampler without `steps` takes as many steps as fit.
 * `samplers`: named settings of the pipeline call (`scheduler`: ddim or dpm_solver, `steps`,
-  `autoguidance_scale`, `guidance_interval`, `guidance_scale`, `conditional`).
+  `autoguidance_scale`, `guidance_interval`, `guidance_scale`, `conditional`). `stored: true` calls the
+  saved pipeline as a user does, with its own scheduler and `sampling_defaults` (`conditional: true`:
+  `pipe(class_labels=...)`; without it: `pipe()`), whatever the budget.
 * `tune`: one block or a list of them. For each variant, every combination of a block's listed
   `autoguidance_scale`, `guidance_interval` and `guidance_scale` values (its other keys, such as
   `scheduler` and `conditional`, are kept as given) is scored on the tuning noise (seed 1) of all the
@@ -71,9 +73,20 @@ def interval(sampler: dict) -> tuple:
     return tuple(sampler.get("guidance_interval") or NO_INTERVAL)
 
 
-def evaluations(pipe, sampler: dict, steps: int) -> int:
+def evaluations(pipe, sampler: dict, steps: int | None) -> int:
+    if sampler.get("stored"):  # the pipeline's own defaults, as pipe() or pipe(class_labels=...) uses them
+        return pipe.network_evaluations(steps, class_labels=True if sampler.get("conditional") else None)
     return pipe.network_evaluations(steps, sampler.get("guidance_scale", 1.0), sampler.get("autoguidance_scale", 1.0),
                                     interval(sampler), class_labels=True if sampler.get("conditional") else None)
+
+
+def check_stored(sampler: dict) -> None:
+    """A `stored` sampler names nothing the pipeline's defaults would decide, and asks for classes or not."""
+    named = sorted(k for k in ("scheduler", "autoguidance_scale", "guidance_interval", "guidance_scale")
+                   if k in sampler)
+    if named or sampler.get("conditional") not in (None, False, True):
+        raise ValueError(f"A stored sampler uses the saved pipeline's scheduler and sampling defaults: it takes "
+                         f"`conditional: true` (pipe(class_labels=...)) or nothing (pipe()), and `steps`; got {sampler}.")
 
 
 class Scorer:
@@ -115,10 +128,18 @@ class Scorer:
         halves = self.real_features[order[: len(order) // 2]], self.real_features[order[len(order) // 2:]]
         self.floor = kid_fid(*halves, subset_size=min(self.num_samples, len(order) // 2))
 
-    def sample(self, pipe, sampler: dict, steps: int, noise_seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`num_samples` images in [0, 1] and, for a conditional sampler, the classes asked for."""
+    def sample(self, pipe, sampler: dict, steps: int | None, noise_seed: int,
+               saved_scheduler=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`num_samples` images in [0, 1] and, for a conditional sampler, the classes asked for. A `stored`
+        sampler calls the pipeline with its `saved_scheduler` and no guidance arguments (steps None: its own)."""
         from denoising_diffusion.evaluation.scoring import generate
 
+        if sampler.get("stored"):
+            check_stored(sampler)
+            pipe.scheduler = saved_scheduler
+            labels = self.requested_labels() if sampler.get("conditional") else None
+            images, _ = generate(pipe, self.num_samples, steps, seed=noise_seed, class_labels=labels)
+            return images, labels
         scheduler = sampler.get("scheduler", "ddim")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler {scheduler!r} is not one of {SCHEDULERS}.")
@@ -131,12 +152,16 @@ class Scorer:
             labels = torch.multinomial(self.class_frequencies, self.num_samples, replacement=True,
                                        generator=torch.Generator().manual_seed(1000 + noise_seed))
         elif sampler.get("conditional"):
-            labels = torch.arange(self.num_classes).repeat(self.num_samples // self.num_classes + 1)[:self.num_samples]
+            labels = self.requested_labels()
         kwargs = {"autoguidance_scale": sampler.get("autoguidance_scale", 1.0),
                   "guidance_interval": interval(sampler),
                   "guidance_scale": sampler.get("guidance_scale", 1.0)}
         images, _ = generate(pipe, self.num_samples, steps, seed=noise_seed, class_labels=labels, **kwargs)
         return images, labels
+
+    def requested_labels(self) -> torch.Tensor:
+        """Every class asked for equally often: 0, 1, ..., N-1, 0, 1, ... (`num_samples` of them)."""
+        return torch.arange(self.num_classes).repeat(self.num_samples // self.num_classes + 1)[:self.num_samples]
 
     def score(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
         from denoising_diffusion.evaluation.scoring import score_samples
@@ -273,6 +298,7 @@ class Study:
         self.budget = self.evaluation["budget"]
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.scorer = None
+        self.saved_schedulers = {}  # id(pipe) -> the scheduler the pipeline was saved with
 
     def models(self):
         """(variant, seed, folder, config) of every run, trained unless already there."""
@@ -287,14 +313,21 @@ class Study:
 
         pipe = CosineDDIMPipeline.from_pretrained(folder).to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        self.saved_schedulers[id(pipe)] = pipe.scheduler  # samplers replace it; `stored` ones put it back
         return pipe
 
     def run_sampler(self, pipe, sampler: dict, noise_seed: int) -> dict:
         if sampler.get("autoguidance_scale", 1.0) != 1.0 and pipe.guide_unet is None:
             return {"skipped": "no guide_unet"}
-        steps = sampler.get("steps") or fitting_steps(pipe, sampler, self.budget)
+        saved = self.saved_schedulers[id(pipe)]
+        if sampler.get("stored"):  # the steps and guidance pipe(...) takes without arguments, unless `steps` is given
+            pipe.scheduler = saved
+            steps = sampler.get("steps")
+        else:
+            steps = sampler.get("steps") or fitting_steps(pipe, sampler, self.budget)
         nfe = evaluations(pipe, sampler, steps)
-        images, labels = self.scorer.sample(pipe, sampler, steps, noise_seed)
+        images, labels = self.scorer.sample(pipe, sampler, steps, noise_seed, saved)
+        steps = steps or pipe.inference_steps(class_labels_given=bool(sampler.get("conditional")))
         return {"steps": steps, "network_evaluations": nfe, **self.scorer.score(images, labels)}
 
     def run(self) -> dict:

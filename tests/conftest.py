@@ -33,7 +33,7 @@ def tiny_unet(channels: int = 1, size: int = 8, **kwargs):
     )
     config.update(kwargs)
     unet = ContinuousUNet2DModel(**config)
-    # The output layer starts at zero (as in the seeds); give it weights so outputs depend on inputs.
+    # The output layer starts at zero (as in the Keras DDIM example); give it weights so outputs depend on inputs.
     with torch.no_grad():
         torch.nn.init.normal_(unet.conv_out.weight, std=0.2, generator=torch.Generator().manual_seed(0))
     return unet

@@ -352,10 +352,14 @@ def test_class_rows_draws_one_labelled_row_per_class_from_the_same_noise(tmp_pat
     unet = tiny_unet(num_class_embeds=4)
     with torch.no_grad():
         unet.class_embedding.weight.mul_(5)
-    CosineDDIMPipeline(unet, CosineDDIMScheduler(), class_names=["cat", "dog", "owl"]).save_pretrained(tmp_path / "pipe")
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/class_rows.py"), "--model", str(tmp_path / "pipe"),
-                          "--out", str(tmp_path / "rows.png"), "--per_row", "4", "--steps", "2"],
-                         capture_output=True, text=True, check=True).stdout
-    assert "3 rows of 4: 4 network evaluations per image" in out  # 2 steps, each guided (x2)
+    defaults = {"num_inference_steps": 3, "with_class_labels": {"guidance_scale": 2.0}}
+    CosineDDIMPipeline(unet, CosineDDIMScheduler(), class_names=["cat", "dog", "owl"],
+                       sampling_defaults=defaults).save_pretrained(tmp_path / "pipe")
+    rows = lambda *args: subprocess.run([sys.executable, str(ROOT / "benchmarks/class_rows.py"), "--model",  # noqa: E731
+                                         str(tmp_path / "pipe"), "--out", str(tmp_path / "rows.png"), "--per_row", "4",
+                                         *args], capture_output=True, text=True, check=True).stdout
+    assert "3 rows of 4: 3 steps, 6 network evaluations per image" in rows()  # the stored defaults, each step guided
+    out = rows("--steps", "2", "--guidance_scale", "1.0")
+    assert "3 rows of 4: 2 steps, 2 network evaluations per image" in out  # arguments win
     width, height = PIL.Image.open(tmp_path / "rows.png").size
     assert height % 3 == 0 and width == 170 + 4 * (height // 3)  # 3 rows of 4 square tiles after the labels

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import tiny_pipeline
+from conftest import tiny_pipeline, tiny_unet
 from denoising_diffusion.training import Trainer
 from test_training import config_for, straight_and_resumed, unet_weights
 
@@ -53,9 +53,10 @@ def test_half_precision_sampling_on_cuda(dtype):
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
 def test_sampling_does_not_sync_with_the_host_at_every_step(scheduler):
-    from denoising_diffusion import CosineDPMSolverScheduler
+    from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler
 
-    pipe = tiny_pipeline(num_class_embeds=4).to("cuda")
+    pipe = CosineDDIMPipeline(tiny_unet(num_class_embeds=4), CosineDDIMScheduler()).to("cuda")
+    pipe.set_progress_bar_config(disable=True)
     if scheduler == "dpm":
         pipe.scheduler = CosineDPMSolverScheduler.from_config(pipe.scheduler.config)
     latents = torch.randn(2, 1, 8, 8, device="cuda")

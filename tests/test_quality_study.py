@@ -17,11 +17,14 @@ SPEC = {
                   "logger": "none", "checkpointing_steps": 1000, "save_images_steps": 1000, "num_grid_images": 4,
                   "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}},
     "seeds": [1, 2],
-    "variants": {"plain": {}, "guided": {"guide": "ema_snapshot", "guide_fraction": 0.5}},
+    "variants": {"plain": {"sampling": {"num_inference_steps": 5}},
+                 "guided": {"guide": "ema_snapshot", "guide_fraction": 0.5,
+                            "sampling": {"scheduler": "dpm_solver", "num_inference_steps": 3, "autoguidance_scale": 1.5}}},
     "evaluation": {
         "features": "digits", "num_samples": 30, "budget": 6,
         "samplers": {"ddim": {"scheduler": "ddim"}, "dpm_solver": {"scheduler": "dpm_solver"},
-                     "dpm_3": {"scheduler": "dpm_solver", "steps": 3}},
+                     "dpm_3": {"scheduler": "dpm_solver", "steps": 3},
+                     "stored": {"stored": True}},  # the saved pipeline's own scheduler and defaults: pipe()
         "tune": {"scheduler": "dpm_solver", "autoguidance_scale": [1.5, 2.0],
                  "guidance_interval": [[0.0, 1.0], [1.0, None]], "select": "recognised", "reference": "dpm_solver"},
     },
@@ -50,6 +53,11 @@ def test_the_study_trains_each_seed_tunes_on_other_noise_and_reports_at_the_budg
             mean = sampler["mean"]
             assert mean["network_evaluations"] <= 6 and len(mean["class_balance"]) == 10
             assert {"kid", "kid_std", "kid_seed_spread", "recognised", "nn_ratio"} <= set(mean)
+    assert (plain["samplers"]["stored"]["mean"]["steps"], plain["samplers"]["stored"]["mean"]["network_evaluations"]) \
+        == (5, 5)
+    stored = guided["samplers"]["stored"]["mean"]  # 3 autoguided steps: two evaluations each
+    assert (stored["steps"], stored["network_evaluations"]) == (3, 6)
+    assert stored["kid"] != guided["samplers"]["dpm_3"]["mean"]["kid"]  # the same steps and solver, but autoguided
     assert len(guided["tuning"]) == 4
     tuned = guided["samplers"]["tuned"]
     assert tuned["settings"] in [candidate["sampler"] for candidate in guided["tuning"]]
@@ -72,6 +80,35 @@ def test_the_study_trains_each_seed_tunes_on_other_noise_and_reports_at_the_budg
     assert [t["seed"] for t in merged["variants"]["plain"]["training"]] == [1, 2, 3]
     assert merged["variants"]["plain"]["samplers"]["dpm_3"] == plain["samplers"]["dpm_3"]
     assert merged["variants"]["guided"] == guided
+
+
+def test_a_stored_sampler_names_only_what_the_saved_defaults_do_not_decide():
+    quality = _quality_module()
+    quality.check_stored({"stored": True, "conditional": True, "steps": 4})
+    for bad in ({"stored": True, "scheduler": "ddim"}, {"stored": True, "guidance_scale": 3.0},
+                {"stored": True, "conditional": "yes"}):
+        with pytest.raises(ValueError, match="A stored sampler uses the saved pipeline's scheduler and sampling"):
+            quality.check_stored(bad)
+
+    class Pipe:  # what `evaluations` asks of a pipeline
+        def network_evaluations(self, steps=None, *args, class_labels=None):
+            return {"steps": steps, "args": args, "class_labels": class_labels}
+
+    assert quality.evaluations(Pipe(), {"stored": True, "conditional": True}, None) == \
+        {"steps": None, "args": (), "class_labels": True}
+    assert quality.evaluations(Pipe(), {"stored": True}, None)["class_labels"] is None  # as pipe(): drawn if stored
+
+
+def test_machine_tag_names_the_gpu_or_the_cpu_family(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common
+
+    for cpu, tag in (("Intel(R) Xeon(R) Processor", "cpu2-intel-xeon"), ("AMD EPYC 7B13", "cpu2-amd-epyc-7b13"),
+                     (None, "cpu2")):
+        monkeypatch.setattr(common, "machine_info", lambda cpu=cpu: {"gpu": None, "cores": 2, "cpu": cpu})
+        assert common.machine_tag() == tag
+    monkeypatch.setattr(common, "machine_info", lambda: {"gpu": "NVIDIA H200", "cores": 16, "cpu": "x"})
+    assert common.machine_tag() == "nvidia-h200"
 
 
 def test_merge_variant_replaces_rows_by_seed_and_keeps_what_was_not_run():

@@ -118,6 +118,27 @@ def test_imagefolder_of_rgb_pngs_with_random_crops_and_flips(tmp_path):
     assert pipe.unet.config.in_channels == 3 and pipe.config.image_mean == [0.5, 0.5, 0.5]
 
 
+def test_center_cropped_images_are_decoded_once_into_uint8_batches(tmp_path):
+    from denoising_diffusion.training.data import prepare_dataset
+    from denoising_diffusion.training.decoding import image_to_tensor, open_image
+
+    _write_pngs(tmp_path / "images", 10)
+    config = config_for(tmp_path, "--train_data_dir", tmp_path / "images", "--channels", 3)
+    images = prepare_dataset(config)
+    assert type(images.dataset.features["pixel_values"]).__name__ == "Array3D"  # one fixed-shape column
+    batch = next(iter(images.dataloader(4, config.seed)))
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (4, 3, 8, 8)
+    pixels = images.pixels(10)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (10, 3, 8, 8)
+    from datasets import load_dataset
+
+    raw = load_dataset("imagefolder", data_dir=str(tmp_path / "images"), split="train")
+    for index in (0, 7):  # the same pixels as decoding the image directly
+        expected = image_to_tensor(open_image(raw[index]["image"], "here"), config, None)
+        assert torch.equal(pixels[index], expected)
+    assert all(example["pixel_values"].dtype == torch.uint8 for example in images.examples(3))
+
+
 def _parquet_dataset(folder, rows=24):
     from datasets import Dataset, Features, Image, Value
 

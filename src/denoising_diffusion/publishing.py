@@ -167,20 +167,21 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
     from .pipelines.pipeline_cosine_ddim import CosineDDIMPipeline
 
     pipe = CosineDDIMPipeline.from_pretrained(folder)
-    defaults = pipe.config.sampling_defaults
-    steps = defaults.get("num_inference_steps") or 20
+    defaults = pipe.call_defaults()
+    steps = pipe.inference_steps()
     solver = SCHEDULER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
     guided = pipe.guide_unet is not None and defaults.get("autoguidance_scale", 1.0) != 1.0
-    interval = defaults.get("guidance_interval")
-    band = "" if not interval else (f" at noise levels sigma in ({interval[0]:g}, "
-                                    f"{'inf' if interval[1] is None else format(interval[1], 'g')}]")
-    default = f"{solver}, {steps} steps" + (f", autoguidance {defaults['autoguidance_scale']:g}{band}" if guided else "")
+    default = _call_description(pipe, solver, defaults, steps)
     if class_names and defaults.get("class_prior"):
         default += "; classes drawn from the training frequencies (`class_prior`)"
-    if class_names and defaults.get("guidance_scale"):
-        default += f"; with class labels, classifier-free guidance {defaults['guidance_scale']:g}{band}"
     count = lambda n, auto=None: pipe.network_evaluations(n, None, auto)  # noqa: E731 - as pipe(...) without labels
     rows = [("the defaults: `pipe(batch_size=4)`", default, count(steps))]
+    if class_names:
+        asked = pipe.call_defaults(class_labels_given=True)
+        asked_steps = pipe.inference_steps(class_labels_given=True)
+        rows.append((f"a class: `pipe(batch_size=4, class_labels=[{_example_class(class_names)}] * 4)`",
+                     _call_description(pipe, solver, asked, asked_steps, conditional=True),
+                     pipe.network_evaluations(class_labels=True)))
     for n in sorted({max(1, steps // 2), 2 * steps}):
         rows.append((f"`num_inference_steps={n}`", f"{solver}, {n} steps" + (" (guidance as above)" if guided else ""),
                      count(n)))
@@ -189,6 +190,26 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
     lines = ["| call | samples with | network evaluations per image |", "| --- | --- | ---: |"]
     lines += [f"| {call} | {what} | {n} |" for call, what, n in rows]
     return "\n".join(lines)
+
+
+def _call_description(pipe, solver: str, defaults: dict, steps: int, conditional: bool = False) -> str:
+    """"DPM-Solver++(2M), 5 steps, autoguidance 2" for the stored defaults of one kind of call."""
+    interval = defaults.get("guidance_interval")
+    band = "" if not interval else (f" at noise levels sigma in ({interval[0]:g}, "
+                                    f"{'inf' if interval[1] is None else format(interval[1], 'g')}]")
+    text = f"{solver}, {steps} steps"
+    if conditional and defaults.get("guidance_scale", 1.0) != 1.0:
+        text += f", classifier-free guidance {defaults['guidance_scale']:g}{band}"
+    if pipe.guide_unet is not None and defaults.get("autoguidance_scale", 1.0) != 1.0:
+        text += f", autoguidance {defaults['autoguidance_scale']:g}{band}"
+    elif not conditional and pipe.class_names and defaults.get("guidance_scale", 1.0) != 1.0:
+        text += f"; with class labels, classifier-free guidance {defaults['guidance_scale']:g}{band}"
+    return text
+
+
+def _example_class(class_names: list[str]) -> int:
+    """The class index a model card's examples ask for: the second class when there is one."""
+    return 1 if len(class_names) > 1 else 0
 
 
 def _unlabelled_note(defaults: dict, class_names: list[str] | None) -> str:

@@ -23,8 +23,12 @@ GUIDE_KEYS = ("schedule", "min_signal_rate", "max_signal_rate", "in_channels", "
 # `sampling_defaults`: what the pipeline's `__call__` uses for the arguments it is not given.
 # `guidance_scale` (classifier-free guidance) applies only to calls with class labels; `class_prior` (one
 # probability per class) makes a call without class labels draw them, so that it samples p(x) = sum_y p(y) p(x | y).
-SAMPLING_DEFAULT_KEYS = ("num_inference_steps", "autoguidance_scale", "guidance_interval", "guidance_scale",
-                         "class_prior")
+# `with_class_labels` (a mapping of `CALL_DEFAULT_KEYS`) replaces the others for calls *given* `class_labels`:
+# asking for a class is served best by other settings (e.g. stronger classifier-free guidance, no
+# autoguidance) than sampling the data's own mix of classes.
+CALL_DEFAULT_KEYS = ("num_inference_steps", "autoguidance_scale", "guidance_interval", "guidance_scale")
+WITH_CLASS_LABELS = "with_class_labels"
+SAMPLING_DEFAULT_KEYS = CALL_DEFAULT_KEYS + ("class_prior", WITH_CLASS_LABELS)
 NO_INTERVAL = (0.0, math.inf)
 
 
@@ -57,24 +61,38 @@ def check_guidance_interval(interval) -> tuple[float, float]:
 
 
 def check_sampling_defaults(defaults: dict | None) -> dict:
-    """`sampling_defaults` checked: only `SAMPLING_DEFAULT_KEYS`, each valid (the interval as a list)."""
+    """`sampling_defaults` checked: only `SAMPLING_DEFAULT_KEYS`, each valid (the interval as a list), and
+    `with_class_labels` a mapping of `CALL_DEFAULT_KEYS` checked likewise."""
+    defaults = _check_call_defaults(defaults, SAMPLING_DEFAULT_KEYS, "sampling_defaults")
+    if defaults.get("class_prior") is not None:
+        defaults["class_prior"] = check_class_prior(defaults["class_prior"])
+    if defaults.get(WITH_CLASS_LABELS) is not None:
+        given = defaults[WITH_CLASS_LABELS]
+        if not isinstance(given, dict):
+            raise ValueError(f"sampling_defaults {WITH_CLASS_LABELS} must be a mapping of some of "
+                             f"{list(CALL_DEFAULT_KEYS)} (the defaults of calls given class_labels), got {given!r}.")
+        defaults[WITH_CLASS_LABELS] = _check_call_defaults(given, CALL_DEFAULT_KEYS,
+                                                           f"sampling_defaults {WITH_CLASS_LABELS}")
+    return defaults
+
+
+def _check_call_defaults(defaults: dict | None, keys: tuple[str, ...], where: str) -> dict:
+    """A copy of `defaults` with only `keys`, the steps, weights and interval among them valid."""
     defaults = dict(defaults or {})
-    unknown = sorted(set(defaults) - set(SAMPLING_DEFAULT_KEYS))
+    unknown = sorted(set(defaults) - set(keys))
     if unknown:
-        raise ValueError(f"Unknown sampling_defaults {unknown}; expected some of {list(SAMPLING_DEFAULT_KEYS)}.")
+        raise ValueError(f"Unknown {where} {unknown}; expected some of {list(keys)}.")
     steps = defaults.get("num_inference_steps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"sampling_defaults num_inference_steps must be an integer >= 1, got {steps!r}.")
+        raise ValueError(f"{where} num_inference_steps must be an integer >= 1, got {steps!r}.")
     for name in ("autoguidance_scale", "guidance_scale"):
         weight = defaults.get(name)
         if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
                                    or not math.isfinite(weight) or weight < 1.0):
-            raise ValueError(f"sampling_defaults {name} must be a number >= 1 (1: no guidance), got {weight!r}.")
+            raise ValueError(f"{where} {name} must be a number >= 1 (1: no guidance), got {weight!r}.")
     if defaults.get("guidance_interval") is not None:
         low, high = check_guidance_interval(defaults["guidance_interval"])
         defaults["guidance_interval"] = [low, high if math.isfinite(high) else None]  # JSON has no inf
-    if defaults.get("class_prior") is not None:
-        defaults["class_prior"] = check_class_prior(defaults["class_prior"])
     return defaults
 
 
@@ -143,11 +161,19 @@ class GuidanceMixin:
         alpha, sigma = self.scheduler.signal_noise_rates(torch.as_tensor(float(t), dtype=torch.float64))
         return float(sigma / alpha)
 
-    def sampling_default(self, name: str, given):
-        """`given` unless it is None, else this pipeline's `sampling_defaults[name]` (None if unset)."""
+    def call_defaults(self, class_labels_given: bool = False) -> dict:
+        """The stored `sampling_defaults` a call uses: for a call given `class_labels`, with its
+        `with_class_labels` settings in place of the others (`class_prior` is then unused)."""
+        stored = dict(self.config.get("sampling_defaults") or {})
+        given = stored.pop(WITH_CLASS_LABELS, None)
+        return {**stored, **given} if class_labels_given and given else stored
+
+    def sampling_default(self, name: str, given, class_labels_given: bool = False):
+        """`given` unless it is None, else this pipeline's stored default for `name` (None if unset) for a
+        call with or without given `class_labels` (`call_defaults`)."""
         if given is not None:
             return given
-        return (self.config.get("sampling_defaults") or {}).get(name)
+        return self.call_defaults(class_labels_given).get(name)
 
     @property
     def class_prior(self) -> list[float] | None:
@@ -175,20 +201,26 @@ class GuidanceMixin:
             draws.append(torch.multinomial(on_device, count, replacement=True, generator=g).cpu())
         return torch.cat(draws).to(self._execution_device)
 
-    def classifier_free_scale(self, guidance_scale: float | None, conditional: bool) -> float:
+    def classifier_free_scale(self, guidance_scale: float | None, conditional: bool,
+                              class_labels_given: bool = False) -> float:
         """The classifier-free guidance weight a call uses: `guidance_scale` when given, else (for a call
-        with class labels) `sampling_defaults["guidance_scale"]`, else 1.0 (none)."""
+        with class labels, given or drawn) the stored `guidance_scale`, else 1.0 (none)."""
         if guidance_scale is not None:
             return float(guidance_scale)
-        return float((self.sampling_default("guidance_scale", None) if conditional else None) or 1.0)
+        if not conditional:
+            return 1.0
+        return float(self.sampling_default("guidance_scale", None, class_labels_given) or 1.0)
 
     def guidance_plan(self, num_inference_steps: int | None = None, guidance_scale: float = 1.0,
-                      autoguidance_scale: float | None = None, guidance_interval=None) -> list[tuple[float, float]]:
+                      autoguidance_scale: float | None = None, guidance_interval=None,
+                      class_labels_given: bool = False) -> list[tuple[float, float]]:
         """(guidance_scale, autoguidance_scale) for each sampling step, as `__call__` would use them
-        (guidance only at noise levels inside `guidance_interval`). Sets the scheduler's timesteps."""
-        num_inference_steps = self._steps(num_inference_steps)
-        autoguidance_scale = float(self.sampling_default("autoguidance_scale", autoguidance_scale) or 1.0)
-        interval = self.sampling_default("guidance_interval", guidance_interval)
+        (guidance only at noise levels inside `guidance_interval`); arguments left None take the stored
+        defaults of a call with or without given class labels. Sets the scheduler's timesteps."""
+        num_inference_steps = self.inference_steps(num_inference_steps, class_labels_given)
+        autoguidance_scale = float(self.sampling_default("autoguidance_scale", autoguidance_scale,
+                                                         class_labels_given) or 1.0)
+        interval = self.sampling_default("guidance_interval", guidance_interval, class_labels_given)
         low, high = NO_INTERVAL if interval is None else check_guidance_interval(interval)
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         times = self.scheduler.timesteps.cpu()  # one read-back, before sampling starts
@@ -199,19 +231,24 @@ class GuidanceMixin:
                             autoguidance_scale: float | None = None, guidance_interval=None,
                             class_labels: bool | None = None) -> int:
         """Forward passes per image that `__call__` makes with these arguments: one per step, one more per
-        step for classifier-free guidance (with `class_labels`) and for each network autoguidance adds.
-        Arguments left None take the pipeline's `sampling_defaults`, as `__call__` does (`class_labels`
-        None: as a call without them, which draws labels when a `class_prior` is stored)."""
+        step for classifier-free guidance (with class labels) and for each network autoguidance adds.
+        Arguments left None take the pipeline's `sampling_defaults`, as `__call__` does. `class_labels`:
+        True for a call given them (its `with_class_labels` defaults apply), None for a call without them
+        (which draws labels when a `class_prior` is stored), False for unconditional sampling."""
         total = 0
-        if class_labels is None:
-            class_labels = self.draws_class_labels
-        guidance_scale = self.classifier_free_scale(guidance_scale, class_labels)
-        for cfg, auto in self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval):
-            main = 2 if class_labels and cfg != 1.0 else 1
+        given = bool(class_labels)
+        conditional = given or (class_labels is None and self.draws_class_labels)
+        guidance_scale = self.classifier_free_scale(guidance_scale, conditional, given)
+        for cfg, auto in self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale,
+                                            guidance_interval, given):
+            main = 2 if conditional and cfg != 1.0 else 1
             total += main + (1 if auto != 1.0 else 0)
         return total
 
-    def _steps(self, num_inference_steps: int | None) -> int:
+    def inference_steps(self, num_inference_steps: int | None = None, class_labels_given: bool = False) -> int:
+        """The steps a call takes: `num_inference_steps` when given, else a distilled student's
+        `distilled_steps`, else the stored default (of a call with or without given class labels), else 20."""
         if num_inference_steps is not None:
             return num_inference_steps
-        return self.config.get("distilled_steps") or self.sampling_default("num_inference_steps", None) or 20
+        return (self.config.get("distilled_steps")
+                or self.sampling_default("num_inference_steps", None, class_labels_given) or 20)

@@ -15,7 +15,8 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .guidance import GuidanceMixin, check_guidance_interval, check_guide_matches, check_sampling_defaults
+from .guidance import (WITH_CLASS_LABELS, GuidanceMixin, check_guidance_interval, check_guide_matches,
+                       check_sampling_defaults)
 from .inversion import InversionMixin
 from .pipeline_saving import SavesCodeMixin
 
@@ -74,7 +75,10 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
             `num_inference_steps`, `autoguidance_scale`, `guidance_interval`, and for a class-conditional
             model `guidance_scale` (used with class labels) and `class_prior` (one probability per class:
             a call without `class_labels` draws them from it) (the measured best for this model, so that
-            `pipe(batch_size=16)` gives its best samples).
+            `pipe(batch_size=16)` gives its best samples). `with_class_labels`, a mapping of the first four,
+            replaces them for calls given `class_labels` (e.g. `{"guidance_scale": 5.0,
+            "autoguidance_scale": 1.0}`: stronger classifier-free guidance and no autoguidance when a class
+            is asked for), so that `pipe(class_labels=[2] * 16)` gives the best samples of class 2.
 
     The UNet and the scheduler must share one noise schedule (`SCHEDULE_KEYS`); that is checked here and
     whenever `pipe.scheduler` or `pipe.unet` is replaced. `from_pretrained` is diffusers' own loader
@@ -112,10 +116,16 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
             # stored as a mapping: diffusers' loader takes every list in model_index.json for a component
             class_names = {str(i): name for i, name in enumerate(class_names)}
         sampling_defaults = check_sampling_defaults(sampling_defaults)
-        if guide_unet is None and sampling_defaults.get("autoguidance_scale", 1.0) != 1.0:
-            raise ValueError("sampling_defaults sets autoguidance_scale, but there is no guide_unet.")
-        if num_classes is None and sampling_defaults.get("guidance_scale", 1.0) != 1.0:
-            raise ValueError("sampling_defaults sets guidance_scale, but the UNet is unconditional (no num_class_embeds).")
+        given = sampling_defaults.get(WITH_CLASS_LABELS)
+        if given is not None and num_classes is None:
+            raise ValueError(f"sampling_defaults sets {WITH_CLASS_LABELS} (the defaults of calls given class_labels), "
+                             "but the UNet is unconditional (no num_class_embeds).")
+        for where, defaults in (("sampling_defaults", sampling_defaults),
+                                (f"sampling_defaults {WITH_CLASS_LABELS}", given or {})):
+            if guide_unet is None and defaults.get("autoguidance_scale", 1.0) != 1.0:
+                raise ValueError(f"{where} sets autoguidance_scale, but there is no guide_unet.")
+            if num_classes is None and defaults.get("guidance_scale", 1.0) != 1.0:
+                raise ValueError(f"{where} sets guidance_scale, but the UNet is unconditional (no num_class_embeds).")
         prior = sampling_defaults.get("class_prior")
         if prior is not None and len(prior) != (num_classes or 0):
             raise ValueError(f"sampling_defaults class_prior needs one probability per class of the UNet "
@@ -195,6 +205,17 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
                              f"label), got {labels.tolist()}.")
         return labels
 
+    def _asks_for_classes(self, class_labels) -> bool:
+        """Whether a call's `class_labels` ask for a class: given, and not only the "no class" label
+        (`null_class_label`, read without a device sync: a tensor on a GPU counts as asking)."""
+        if class_labels is None:
+            return False
+        if isinstance(class_labels, torch.Tensor) and class_labels.device.type != "cpu":
+            return True
+        values = np.asarray(class_labels.tolist() if isinstance(class_labels, torch.Tensor) else class_labels,
+                            dtype=object).reshape(-1)
+        return not all(isinstance(v, (int, np.integer)) and v == self.null_class_label for v in values)
+
     @property
     def class_names(self) -> list[str] | None:
         """The names of the classes 0..N-1 of a class-conditional model, if it has them."""
@@ -237,7 +258,9 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
                 reproducible noise.
             eta (`float`, defaults to 0.0): 0 is deterministic DDIM, 1 is DDPM-like sampling.
             num_inference_steps (`int`, *optional*): denoising steps (any integer >= 1); defaults to
-                `distilled_steps` for a distilled student, else `sampling_defaults`, else 20.
+                `distilled_steps` for a distilled student, else `sampling_defaults`, else 20. Every
+                default below, and this one, comes from `sampling_defaults["with_class_labels"]` first in
+                a call given `class_labels` (other than the "no class" label alone).
             use_clipped_model_output (`bool`, *optional*): passed to the scheduler's `step` (as in
                 diffusers' `DDIMPipeline`); matters only with the scheduler's `clip_sample`.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, C) or `"pt"`
@@ -272,20 +295,13 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         latents = self._check_arguments(batch_size, generator, eta, latents, class_labels, guidance_scale,
                                         autoguidance_scale, guidance_interval, drawn)
         batch_size = batch_size if latents is None else latents.shape[0]
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"Got a list of {len(generator)} generators for batch_size={batch_size}; they must match.")
-        shape = self._image_shape(batch_size)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
-        image = latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
-
+        image = self._initial_noise(batch_size, generator, latents)
         labels = self.draw_class_labels(batch_size, generator) if drawn else self._class_labels(class_labels, batch_size)
-        guidance_scale = self.classifier_free_scale(guidance_scale, labels is not None)
-        plan = self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval)
+        given = self._asks_for_classes(class_labels)  # then the stored `with_class_labels` defaults apply
+        guidance_scale = self.classifier_free_scale(guidance_scale, labels is not None, given)
+        plan = self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval, given)
         if any(auto != 1.0 for _, auto in plan) and self.guide_unet is None:
-            raise ValueError(f"autoguidance_scale={self.sampling_default('autoguidance_scale', autoguidance_scale)} "
+            raise ValueError(f"autoguidance_scale={self.sampling_default('autoguidance_scale', autoguidance_scale, given)} "
                              "needs a guide_unet, and this pipeline has none (pass autoguidance_scale=1.0).")
         image = self._denoise(image, labels, plan, eta, generator, bool(use_clipped_model_output))
         images = self.to_output(self.denormalize(image), output_type)
@@ -293,6 +309,18 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    def _initial_noise(self, batch_size: int, generator, latents: torch.Tensor | None) -> torch.Tensor:
+        """x_T: `latents` (checked against the image shape) or fresh Gaussian noise, times the scheduler's
+        `init_noise_sigma`, on the execution device in the UNet's dtype."""
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"Got a list of {len(generator)} generators for batch_size={batch_size}; they must match.")
+        shape = self._image_shape(batch_size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        return latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
     def _denoise(self, image: torch.Tensor, labels, plan: list[tuple[float, float]], eta: float, generator,
                  use_clipped_model_output: bool) -> torch.Tensor:

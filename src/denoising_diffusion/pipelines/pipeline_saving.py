@@ -71,11 +71,13 @@ def sampling_arguments(class_names: list[str] | None, num_inference_steps: int |
                        sampling_defaults: dict | None = None) -> str:
     """The arguments of a model card's sampling snippet: a batch, the class names in turn for a
     class-conditional model (with `guidance_scale=2` unless the pipeline's `sampling_defaults` store a
-    weight, which the call then uses), and the step count when given."""
+    weight for calls given class labels, which the call then uses), and the step count when given."""
     arguments = f"batch_size={batch}"
     if class_names:
         arguments += f", class_labels={[class_names[i % len(class_names)] for i in range(batch)]!r}"
-        arguments += "" if (sampling_defaults or {}).get("guidance_scale") else ", guidance_scale=2"
+        defaults = sampling_defaults or {}
+        stored = (defaults.get("with_class_labels") or {}).get("guidance_scale", defaults.get("guidance_scale"))
+        arguments += "" if stored else ", guidance_scale=2"
     return arguments + (f", num_inference_steps={num_inference_steps}" if num_inference_steps else "")
 
 

@@ -10,6 +10,7 @@ from diffusers import UNet2DModel
 
 from ..hardware import cpu_has_native_bf16
 from ..models.unet_continuous import ContinuousUNet2DModel
+from ..pipelines.guidance import WITH_CLASS_LABELS
 from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from ..schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
 from .config import CLASS_PRIOR_FROM_DATA, ConfigError, TrainingConfig
@@ -55,10 +56,12 @@ def resolve_class_prior(sampling: dict | None, labels: torch.Tensor | None, num_
     (`labels`: every training label, `num_classes` of them; a stream, whose labels are not known before
     training, gets equal weights, with a warning; `num_classes` None, an unconditional model as
     `label_column: auto` makes for images without classes, drops it)."""
-    if not sampling or sampling.get("class_prior") != CLASS_PRIOR_FROM_DATA:
+    if not sampling:
         return sampling
-    if num_classes is None:  # label_column: auto on images without classes: an unconditional model
-        return {k: v for k, v in sampling.items() if k != "class_prior"}
+    if num_classes is None:  # label_column: auto on images without classes: an unconditional model, no class settings
+        return {k: v for k, v in sampling.items() if k not in ("class_prior", "guidance_scale", WITH_CLASS_LABELS)}
+    if sampling.get("class_prior") != CLASS_PRIOR_FROM_DATA:
+        return sampling
     if streaming or labels is None:
         logger.warning("sampling.class_prior='dataset': a stream's class frequencies are not known before training; "
                        "the saved pipeline draws its %d classes with equal probability.", num_classes)
@@ -76,6 +79,9 @@ def sampling_components(sampling: dict | None, scheduler_config, guided: bool) -
     scheduler_class = CosineDPMSolverScheduler if defaults.pop("scheduler", "ddim") == "dpm_solver" else CosineDDIMScheduler
     if not guided:
         defaults.pop("autoguidance_scale", None)
+        if defaults.get(WITH_CLASS_LABELS):
+            defaults[WITH_CLASS_LABELS] = {k: v for k, v in defaults[WITH_CLASS_LABELS].items()
+                                           if k != "autoguidance_scale"}
     return scheduler_class.from_config(scheduler_config), defaults
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..models.compile import check_compile_options
-from ..pipelines.guidance import check_sampling_defaults
+from ..pipelines.guidance import WITH_CLASS_LABELS, check_sampling_defaults
 
 CLASS_PRIOR_FROM_DATA = "dataset"  # sampling.class_prior: the training labels' frequencies, counted by the trainer
 
@@ -154,7 +154,9 @@ class TrainingConfig:
                           "guidance_interval [sigma_lo, sigma_hi] (sigma = sigma_t / alpha_t; null: no upper bound); "
                           "for a class-conditional model (label_column) guidance_scale (classifier-free guidance "
                           "with class labels) and class_prior ('dataset': the training labels' frequencies, or one "
-                          "weight per class): pipe() without class_labels then draws them from it."},
+                          "weight per class): pipe() without class_labels then draws them from it; with_class_labels (a "
+                          "mapping of num_inference_steps, autoguidance_scale, guidance_interval, guidance_scale): "
+                          "the defaults of pipe(class_labels=...) instead."},
     )
 
     # -- optimisation (the Keras DDIM example's AdamW)
@@ -353,15 +355,17 @@ class TrainingConfig:
             check_sampling_defaults(sampling)
         except ValueError as error:
             raise ConfigError(f"sampling: {error}") from error
-        if prior is not None and not self.label_column:
-            raise ConfigError(f"sampling.class_prior={prior!r} draws class labels, which needs a class-conditional model "
-                              "(label_column).")
-        if sampling.get("guidance_scale", 1.0) != 1.0 and not self.label_column:
-            raise ConfigError(f"sampling.guidance_scale={sampling['guidance_scale']} is classifier-free guidance towards "
-                              "a class, which needs a class-conditional model (label_column).")
-        if sampling.get("autoguidance_scale", 1.0) != 1.0 and self.guide is None:
-            raise ConfigError(f"sampling.autoguidance_scale={sampling['autoguidance_scale']} needs a guide "
-                              f"(guide: {GUIDES[0]}).")
+        given = sampling.get(WITH_CLASS_LABELS)
+        if (prior is not None or given is not None) and not self.label_column:
+            what = f"class_prior={prior!r} draws" if prior is not None else f"{WITH_CLASS_LABELS} sets defaults for"
+            raise ConfigError(f"sampling.{what} class labels, which needs a class-conditional model (label_column).")
+        for where, defaults in (("sampling", sampling), (f"sampling.{WITH_CLASS_LABELS}", given or {})):
+            if defaults.get("guidance_scale", 1.0) != 1.0 and not self.label_column:
+                raise ConfigError(f"{where}.guidance_scale={defaults['guidance_scale']} is classifier-free guidance "
+                                  "towards a class, which needs a class-conditional model (label_column).")
+            if defaults.get("autoguidance_scale", 1.0) != 1.0 and self.guide is None:
+                raise ConfigError(f"{where}.autoguidance_scale={defaults['autoguidance_scale']} needs a guide "
+                                  f"(guide: {GUIDES[0]}).")
 
     def _check_optimisation_and_output_options(self) -> None:
         """The optimiser, data-loading and output options in range, each named when it is not."""
@@ -386,10 +390,7 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         """Every setting except secrets (the Hub token never lands in files, logs or cards)."""
-        values = dataclasses.asdict(self)
-        for name in SECRET_FIELDS:
-            values.pop(name, None)
-        return values
+        return {name: value for name, value in dataclasses.asdict(self).items() if name not in SECRET_FIELDS}
 
 
 def data_name(config: "TrainingConfig") -> str:
