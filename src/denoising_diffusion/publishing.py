@@ -174,6 +174,8 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
     default = _call_description(pipe, solver, defaults, steps)
     if class_names and defaults.get("class_prior"):
         default += "; classes drawn from the training frequencies (`class_prior`)"
+    if class_names and defaults.get("guidance_scale", 1.0) != 1.0:
+        default += f"; with class labels, classifier-free guidance {defaults['guidance_scale']:g}{_band(defaults)}"
     count = lambda n, auto=None: pipe.network_evaluations(n, None, auto)  # noqa: E731 - as pipe(...) without labels
     rows = [("the defaults: `pipe(batch_size=4)`", default, count(steps))]
     if class_names:
@@ -193,18 +195,21 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
 
 
 def _call_description(pipe, solver: str, defaults: dict, steps: int, conditional: bool = False) -> str:
-    """"DPM-Solver++(2M), 5 steps, autoguidance 2" for the stored defaults of one kind of call."""
-    interval = defaults.get("guidance_interval")
-    band = "" if not interval else (f" at noise levels sigma in ({interval[0]:g}, "
-                                    f"{'inf' if interval[1] is None else format(interval[1], 'g')}]")
+    """"DPM-Solver++(2M), 5 steps, autoguidance 2" for the stored defaults of one kind of call (with
+    `conditional`, its classifier-free guidance too)."""
     text = f"{solver}, {steps} steps"
     if conditional and defaults.get("guidance_scale", 1.0) != 1.0:
-        text += f", classifier-free guidance {defaults['guidance_scale']:g}{band}"
+        text += f", classifier-free guidance {defaults['guidance_scale']:g}{_band(defaults)}"
     if pipe.guide_unet is not None and defaults.get("autoguidance_scale", 1.0) != 1.0:
-        text += f", autoguidance {defaults['autoguidance_scale']:g}{band}"
-    elif not conditional and pipe.class_names and defaults.get("guidance_scale", 1.0) != 1.0:
-        text += f"; with class labels, classifier-free guidance {defaults['guidance_scale']:g}{band}"
+        text += f", autoguidance {defaults['autoguidance_scale']:g}{_band(defaults)}"
     return text
+
+
+def _band(defaults: dict) -> str:
+    """" at noise levels sigma in (0.4, 4]" for a stored guidance interval, else nothing."""
+    interval = defaults.get("guidance_interval")
+    return "" if not interval else (f" at noise levels sigma in ({interval[0]:g}, "
+                                    f"{'inf' if interval[1] is None else format(interval[1], 'g')}]")
 
 
 def _example_class(class_names: list[str]) -> int:
