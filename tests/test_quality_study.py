@@ -174,3 +174,24 @@ def test_tune_blocks_are_named_and_select_the_requested_class_within_the_referen
     block = {"select": "recognised", "reference": "x"}
     assert quality.select(block, nearer, {"kid": 2.0}, floor=0.0) == {"guidance_scale": 1.5}
     assert quality.select({**block, "min_nn_ratio": 1.0}, nearer, {"kid": 2.0}, floor=0.0) == {"guidance_scale": 1.2}
+
+
+def test_blank_samples_counts_blank_samples_by_the_starting_noises_mean(tmp_path):
+    import re
+
+    from conftest import tiny_unet
+    from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
+
+    CosineDDIMPipeline(tiny_unet(num_class_embeds=4), CosineDDIMScheduler(),
+                       sampling_defaults={"num_inference_steps": 2}).save_pretrained(tmp_path / "pipe")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "blank_samples.py"), "--model",
+                             str(tmp_path / "pipe"), "--config", str(ROOT / "configs" / "digits.yaml"),
+                             "--num_samples", "12", "--batch_size", "5"],
+                            capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"real images \(1797\): blank 0\.\d{3}", result.stdout)
+    for call in ("pipe()", "pipe(class_labels=...)"):
+        line = next(row for row in result.stdout.splitlines() if row.startswith(call + ":"))
+        assert sum(int(n) for n in re.findall(r"of (\d+);", line)) == 12  # every sample in one bin of the mean
+        blank = float(re.search(r"blank (\d\.\d+)", line).group(1))
+        assert 0.0 <= blank <= 1.0
