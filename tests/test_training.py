@@ -139,6 +139,31 @@ def test_center_cropped_images_are_decoded_once_into_uint8_batches(tmp_path):
     assert all(example["pixel_values"].dtype == torch.uint8 for example in images.examples(3))
 
 
+@pytest.mark.parametrize("center_crop", [True, False])
+def test_streamed_images_arrive_as_uint8_batches_with_their_labels(tmp_path, center_crop):
+    from denoising_diffusion.training.data import prepare_dataset
+
+    data = _parquet_dataset(tmp_path / "data")
+    crop = [] if center_crop else ["--no_center_crop", "--resolution", 6]
+    config = config_for(tmp_path, "--dataset_name", data, "--image_column", "img", "--label_column", "digit",
+                        "--streaming", "--max_train_steps", 2, "--channels", 1, *crop,
+                        "--unet", '{"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, '
+                                  '"num_class_embeds": 25}')
+    images = prepare_dataset(config)
+    batch = next(iter(images.dataloader(5, config.seed)))
+    size = config.resolution
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (5, 1, size, size)
+    assert batch["labels"].dtype == torch.int64 and batch["labels"].shape == (5,)
+    assert 0 <= int(batch["labels"].min()) and int(batch["labels"].max()) < 24
+    if center_crop:  # 8x8 images at resolution 8: the pixels themselves, whichever rows the shuffle picked
+        from datasets import load_dataset
+
+        raw = load_dataset(str(data), split="train")
+        by_label = {row["digit"]: np.asarray(row["img"]) for row in raw}
+        for pixels, label in zip(batch["pixel_values"], batch["labels"]):
+            assert np.array_equal(pixels[0].numpy(), by_label[int(label)])
+
+
 def _parquet_dataset(folder, rows=24):
     from datasets import Dataset, Features, Image, Value
 

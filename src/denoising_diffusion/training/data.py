@@ -279,8 +279,10 @@ def prepare_dataset(config: TrainingConfig) -> TrainingImages:
     Non-streaming datasets with center crops are decoded once (`map` into a uint8 `Array3D` column,
     read in numpy format and collated to tensors by the DataLoader); with random
     crops they become a `RandomCropDataset` (decoded on access, sampled by its `sampler`); streamed
-    ones are decoded as they stream.
+    ones are decoded as they stream, into the same uint8 column.
     """
+    import datasets
+
     raw = _undecoded(load_raw_dataset(config), config.image_column)
     if config.streaming:  # checked as they stream, and the first one now
         first = open_image(next(iter(raw))[config.image_column], "at index 0")
@@ -292,26 +294,25 @@ def prepare_dataset(config: TrainingConfig) -> TrainingImages:
         if config.label_column:
             check_labels_are_integers(raw, config.label_column)
     keep = [c for c in (config.image_column, config.label_column) if c]
-    decode = ImageDecoder(config)
     feature = (raw.features or {}).get(config.label_column) if config.label_column else None
     names = list(feature.names) if type(feature).__name__ == "ClassLabel" else None
-    if config.streaming:
+    shape = (config.channels, config.resolution, config.resolution)
+    features = datasets.Features({"pixel_values": datasets.Array3D(shape, "uint8"),
+                                  **({"labels": datasets.Value("int64")} if config.label_column else {})})
+    if config.streaming:  # decoded as they stream into the same fixed-shape uint8 column
         raw = raw.select_columns(keep).shuffle(seed=config.seed, buffer_size=1000)
         # `with_indices` counts from 0 in each pass over the (reshuffled) stream.
-        dataset = raw.map(StreamDecoder(decode, config.seed), batched=True, with_indices=True, remove_columns=keep)
-        return TrainingImages(dataset.with_format("torch"), True, config.label_column, class_names=names)
+        dataset = raw.map(StreamDecoder(ArrayDecoder(config), config.seed), batched=True, with_indices=True,
+                          remove_columns=keep, features=features)
+        # unformatted: the decoder's own uint8 arrays (a "numpy" or "torch" format would widen them to int64)
+        return TrainingImages(dataset, True, config.label_column, class_names=names)
     if config.center_crop:  # decoded once into a fixed-shape uint8 column, read as numpy (collated to tensors)
-        import datasets
-
-        shape = (config.channels, config.resolution, config.resolution)
-        features = datasets.Features({"pixel_values": datasets.Array3D(shape, "uint8"),
-                                      **({"labels": datasets.Value("int64")} if config.label_column else {})})
         dataset = raw.map(ArrayDecoder(config), batched=True, with_indices=True, remove_columns=raw.column_names,
                           features=features, desc="Decoding images")
         dataset = dataset.with_format("numpy", columns=["pixel_values"], dtype=np.uint8, output_all_columns=True)
         return TrainingImages(dataset, False, config.label_column, class_names=names)
     raw = raw.select_columns(keep)
-    return TrainingImages(RandomCropDataset(raw, decode, config.seed), False, config.label_column, labels_source=raw,
+    return TrainingImages(RandomCropDataset(raw, ImageDecoder(config), config.seed), False, config.label_column, labels_source=raw,
                           class_names=names)
 
 
