@@ -14,11 +14,12 @@ A study spec is a sweep spec (`python -m denoising_diffusion.sweep`: `base_confi
   `emoji_classifier.py`: KID, and for class-conditional samplers the requested category recognised).
 * `budget`: network evaluations per image; a sampler without `steps` takes as many steps as fit.
 * `samplers`: named settings of the pipeline call (`scheduler`: ddim or dpm_solver, `steps`,
-  `autoguidance_scale`, `guidance_interval`, `guidance_scale`, `conditional`). `stored: true` calls the
+  `autoguidance_scale`, `guidance_interval`, `guidance_scale`, `conditional`, `timestep_spacing`: the saved
+  scheduler's unless given). `stored: true` calls the
   saved pipeline as a user does, with its own scheduler and `sampling_defaults` (`conditional: true`:
   `pipe(class_labels=...)`; without it: `pipe()`), whatever the budget.
 * `tune`: one block or a list of them. For each variant, every combination of a block's listed
-  `autoguidance_scale`, `guidance_interval` and `guidance_scale` values (its other keys, such as
+  `autoguidance_scale`, `guidance_interval`, `guidance_scale` and `timestep_spacing` values (its other keys, such as
   `scheduler` and `conditional`, are kept as given) is scored on the tuning noise (seed 1) of all the
   variant's models; the one `select` prefers (`kid`: the lowest mean KID; `recognised`: the highest
   mean recognised fraction whose KID is no higher than the `reference` sampler's or the real images'
@@ -82,8 +83,8 @@ def evaluations(pipe, sampler: dict, steps: int | None) -> int:
 
 def check_stored(sampler: dict) -> None:
     """A `stored` sampler names nothing the pipeline's defaults would decide, and asks for classes or not."""
-    named = sorted(k for k in ("scheduler", "autoguidance_scale", "guidance_interval", "guidance_scale")
-                   if k in sampler)
+    named = sorted(k for k in ("scheduler", "autoguidance_scale", "guidance_interval", "guidance_scale",
+                               "timestep_spacing") if k in sampler)
     if named or sampler.get("conditional") not in (None, False, True):
         raise ValueError(f"A stored sampler uses the saved pipeline's scheduler and sampling defaults: it takes "
                          f"`conditional: true` (pipe(class_labels=...)) or nothing (pipe()), and `steps`; got {sampler}.")
@@ -145,8 +146,9 @@ class Scorer:
             raise ValueError(f"scheduler {scheduler!r} is not one of {SCHEDULERS}.")
         from denoising_diffusion import CosineDDIMScheduler, CosineDPMSolverScheduler
 
+        spacing = {"timestep_spacing": sampler["timestep_spacing"]} if "timestep_spacing" in sampler else {}
         pipe.scheduler = (CosineDPMSolverScheduler if scheduler == "dpm_solver" else CosineDDIMScheduler).from_config(
-            pipe.scheduler.config)
+            pipe.scheduler.config, **spacing)
         labels = None
         if sampler.get("conditional") == "prior":  # as a stored class_prior draws them, from its own noise seed
             labels = torch.multinomial(self.class_frequencies, self.num_samples, replacement=True,
@@ -233,7 +235,7 @@ def merge_variant(before: dict, now: dict) -> dict:
     return merged
 
 
-TUNED_KEYS = ("autoguidance_scale", "guidance_interval", "guidance_scale")
+TUNED_KEYS = ("autoguidance_scale", "guidance_interval", "guidance_scale", "timestep_spacing")
 BLOCK_KEYS = ("name", "select", "reference", "min_nn_ratio")
 SELECT_METRICS = {"kid": "kid", "recognised": "recognised", "requested": "requested_recognised"}
 

@@ -24,6 +24,7 @@ SPEC = {
         "features": "digits", "num_samples": 30, "budget": 6,
         "samplers": {"ddim": {"scheduler": "ddim"}, "dpm_solver": {"scheduler": "dpm_solver"},
                      "dpm_3": {"scheduler": "dpm_solver", "steps": 3},
+                     "dpm_3_karras": {"scheduler": "dpm_solver", "steps": 3, "timestep_spacing": "karras"},
                      "stored": {"stored": True}},  # the saved pipeline's own scheduler and defaults: pipe()
         "tune": {"scheduler": "dpm_solver", "autoguidance_scale": [1.5, 2.0],
                  "guidance_interval": [[0.0, 1.0], [1.0, None]], "select": "recognised", "reference": "dpm_solver"},
@@ -58,6 +59,8 @@ def test_the_study_trains_each_seed_tunes_on_other_noise_and_reports_at_the_budg
     stored = guided["samplers"]["stored"]["mean"]  # 3 autoguided steps: two evaluations each
     assert (stored["steps"], stored["network_evaluations"]) == (3, 6)
     assert stored["kid"] != guided["samplers"]["dpm_3"]["mean"]["kid"]  # the same steps and solver, but autoguided
+    for variant in (plain, guided):  # other step times than the saved log-SNR spacing: other samples
+        assert variant["samplers"]["dpm_3_karras"]["mean"]["kid"] != variant["samplers"]["dpm_3"]["mean"]["kid"]
     assert len(guided["tuning"]) == 4
     tuned = guided["samplers"]["tuned"]
     assert tuned["settings"] in [candidate["sampler"] for candidate in guided["tuning"]]
@@ -86,7 +89,7 @@ def test_a_stored_sampler_names_only_what_the_saved_defaults_do_not_decide():
     quality = _quality_module()
     quality.check_stored({"stored": True, "conditional": True, "steps": 4})
     for bad in ({"stored": True, "scheduler": "ddim"}, {"stored": True, "guidance_scale": 3.0},
-                {"stored": True, "conditional": "yes"}):
+                {"stored": True, "conditional": "yes"}, {"stored": True, "timestep_spacing": "karras"}):
         with pytest.raises(ValueError, match="A stored sampler uses the saved pipeline's scheduler and sampling"):
             quality.check_stored(bad)
 
@@ -97,6 +100,18 @@ def test_a_stored_sampler_names_only_what_the_saved_defaults_do_not_decide():
     assert quality.evaluations(Pipe(), {"stored": True, "conditional": True}, None) == \
         {"steps": None, "args": (), "class_labels": True}
     assert quality.evaluations(Pipe(), {"stored": True}, None)["class_labels"] is None  # as pipe(): drawn if stored
+
+
+def test_a_tune_block_crosses_every_listed_value_including_the_step_spacing():
+    quality = _quality_module()
+    block = {"name": "t", "select": "kid", "scheduler": "dpm_solver", "conditional": "prior",
+             "autoguidance_scale": [1.5, 2.0], "guidance_interval": [[0.0, None]],
+             "timestep_spacing": ["log_snr", "karras"]}
+    grid = quality.tuning_grid(block)
+    assert len(grid) == 4
+    assert {(c["autoguidance_scale"], c["timestep_spacing"]) for c in grid} == \
+        {(1.5, "log_snr"), (1.5, "karras"), (2.0, "log_snr"), (2.0, "karras")}
+    assert all(c["scheduler"] == "dpm_solver" and c["conditional"] == "prior" and "select" not in c for c in grid)
 
 
 def test_machine_tag_names_the_gpu_or_the_cpu_family(monkeypatch):
