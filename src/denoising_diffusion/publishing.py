@@ -136,6 +136,7 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         usage_arguments=sampling_arguments(class_names, steps, sampling_defaults=defaults),
         usage_arguments_10=sampling_arguments(class_names, 10, sampling_defaults=defaults),
         sampling_table=_sampling_table(folder, class_names) if defaults else "",
+        spacing_sentence=SPACING_SENTENCES[schedule.get("timestep_spacing", "log_snr")],
         guide=_guide_description(index.get("guide_info")),
         class_table="\n".join(f"| {i} | {name} |" for i, name in enumerate(class_names or [])),
         unlabelled_note=_unlabelled_note(defaults, class_names),
@@ -160,6 +161,15 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
 
 
 SCHEDULER_NAMES = {"CosineDDIMScheduler": "DDIM", "CosineDPMSolverScheduler": "DPM-Solver++(2M)"}
+SPACING_SENTENCES = {  # the model card's "which sampler" section, by the saved scheduler's spacing
+    "log_snr": "The sampling times are uniform in log-SNR, log(alpha / sigma) (`timestep_spacing=\"log_snr\"`, the "
+               "default; `\"time\"` is the Keras DDIM example's uniform spacing, `\"karras\"` Karras et al.'s).",
+    "time": "The sampling times are uniform in t (`timestep_spacing=\"time\"`, saved with this model; `\"log_snr\"`, "
+            "uniform in log(alpha / sigma), is the package's default, `\"karras\"` Karras et al.'s).",
+    "karras": "The sampling times follow Karras et al.'s spacing (`timestep_spacing=\"karras\"`, saved with this "
+              "model; `\"log_snr\"`, uniform in log(alpha / sigma), is the package's default, `\"time\"` uniform in t).",
+}
+SPACING_NAMES = {"time": "steps uniform in t", "karras": "Karras et al.'s step spacing"}  # the default, log_snr, goes unnamed
 
 
 def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
@@ -170,6 +180,9 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
     defaults = pipe.call_defaults()
     steps = pipe.inference_steps()
     solver = SCHEDULER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
+    spacing = pipe.scheduler.config.get("timestep_spacing", "log_snr")
+    if spacing in SPACING_NAMES:
+        solver += f" ({SPACING_NAMES[spacing]})"
     guided = pipe.guide_unet is not None and defaults.get("autoguidance_scale", 1.0) != 1.0
     default = _call_description(pipe, solver, defaults, steps)
     if class_names and defaults.get("class_prior"):

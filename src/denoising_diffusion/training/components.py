@@ -73,16 +73,18 @@ def resolve_class_prior(sampling: dict | None, labels: torch.Tensor | None, num_
 
 def sampling_components(sampling: dict | None, scheduler_config, guided: bool) -> tuple[CosineDDIMScheduler, dict]:
     """The saved pipeline's scheduler and `sampling_defaults` from a config's `sampling` mapping: the
-    scheduler it names (`ddim` or `dpm_solver`, built from `scheduler_config`) and its other keys, without
-    `autoguidance_scale` while there is no guide (`guided`) yet."""
+    scheduler it names (`ddim` or `dpm_solver`, built from `scheduler_config`, with its `timestep_spacing`
+    when given) and its other keys, without `autoguidance_scale` while there is no guide (`guided`) yet."""
     defaults = dict(sampling or {})
     scheduler_class = CosineDPMSolverScheduler if defaults.pop("scheduler", "ddim") == "dpm_solver" else CosineDDIMScheduler
+    spacing = defaults.pop("timestep_spacing", None)
     if not guided:
         defaults.pop("autoguidance_scale", None)
         if defaults.get(WITH_CLASS_LABELS):
             defaults[WITH_CLASS_LABELS] = {k: v for k, v in defaults[WITH_CLASS_LABELS].items()
                                            if k != "autoguidance_scale"}
-    return scheduler_class.from_config(scheduler_config), defaults
+    scheduler = scheduler_class.from_config(scheduler_config, **({"timestep_spacing": spacing} if spacing else {}))
+    return scheduler, defaults
 
 
 def resolve_mixed_precision(value: str) -> str:

@@ -12,6 +12,7 @@ from typing import Optional, Union
 
 from ..models.compile import check_compile_options
 from ..pipelines.guidance import WITH_CLASS_LABELS, check_sampling_defaults
+from ..schedulers.noise_schedule import SPACINGS
 
 CLASS_PRIOR_FROM_DATA = "dataset"  # sampling.class_prior: the training labels' frequencies, counted by the trainer
 
@@ -150,7 +151,8 @@ class TrainingConfig:
     sampling: Union[dict, str, None] = field(
         default=None,
         metadata={"help": "The saved pipeline's sampling defaults, as a mapping (YAML) or JSON string: scheduler "
-                          "('ddim' or 'dpm_solver'), num_inference_steps, autoguidance_scale (needs guide) and "
+                          "('ddim' or 'dpm_solver'), timestep_spacing (the saved scheduler's: 'log_snr' by default, "
+                          "'time' or 'karras'), num_inference_steps, autoguidance_scale (needs guide) and "
                           "guidance_interval [sigma_lo, sigma_hi] (sigma = sigma_t / alpha_t; null: no upper bound); "
                           "for a class-conditional model (label_column) guidance_scale (classifier-free guidance "
                           "with class labels) and class_prior ('dataset': the training labels' frequencies, or one "
@@ -348,6 +350,10 @@ class TrainingConfig:
         scheduler = sampling.pop("scheduler", "ddim")
         if scheduler not in SAMPLERS:
             raise ConfigError(f"sampling.scheduler={scheduler!r} is not valid; expected one of {SAMPLERS}.")
+        spacing = sampling.pop("timestep_spacing", None)
+        if spacing is not None and spacing not in SPACINGS:
+            raise ConfigError(f"sampling.timestep_spacing={spacing!r} is not valid; expected one of {SPACINGS} "
+                              "(or unset: 'log_snr').")
         prior = sampling.get("class_prior")
         if prior == CLASS_PRIOR_FROM_DATA:  # counted from the training labels by the trainer
             del sampling["class_prior"]
