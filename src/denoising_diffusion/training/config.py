@@ -307,10 +307,8 @@ class TrainingConfig:
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma} is not valid; expected a positive number (or unset).")
         if self.unet.get("num_class_embeds") and not self.label_column:
-            raise ConfigError(
-                f"unet.num_class_embeds={self.unet['num_class_embeds']} makes a class-conditional model, "
-                "which needs label_column (the dataset column holding the classes)."
-            )
+            raise ConfigError(f"unet.num_class_embeds={self.unet['num_class_embeds']} makes a class-conditional "
+                              "model, which needs label_column (the dataset column holding the classes).")
         if (self.teacher is None) != (not self.distill_steps):
             raise ConfigError("Progressive distillation needs both teacher (a saved pipeline) and distill_steps "
                               f"(the students' step counts); got teacher={self.teacher!r}, "
@@ -326,9 +324,7 @@ class TrainingConfig:
             raise ConfigError("streaming=True needs max_train_steps: a streamed dataset has no known length.")
         for name in ("in_channels", "out_channels", "sample_size"):
             if name in self.unet:
-                raise ConfigError(
-                    f"unet.{name} is set from channels/resolution; remove it from the unet section."
-                )
+                raise ConfigError(f"unet.{name} is set from channels/resolution; remove it from the unet section.")
 
     def _check_guidance_options(self) -> None:
         """The training time distribution, the guide and the sampling defaults, each named when invalid."""
@@ -352,8 +348,7 @@ class TrainingConfig:
             raise ConfigError(f"sampling.scheduler={scheduler!r} is not valid; expected one of {SAMPLERS}.")
         spacing = sampling.pop("timestep_spacing", None)
         if spacing is not None and spacing not in SPACINGS:
-            raise ConfigError(f"sampling.timestep_spacing={spacing!r} is not valid; expected one of {SPACINGS} "
-                              "(or unset: 'log_snr').")
+            raise ConfigError(f"sampling.timestep_spacing={spacing!r} is not valid; expected one of {SPACINGS}.")
         prior = sampling.get("class_prior")
         if prior == CLASS_PRIOR_FROM_DATA:  # counted from the training labels by the trainer
             del sampling["class_prior"]
