@@ -56,11 +56,11 @@ REPORT_NOISE, TUNING_NOISE = 0, 1
 SCHEDULERS = ("ddim", "dpm_solver")
 
 
-def fitting_steps(pipe, sampler: dict, budget: int) -> int:
+def fitting_steps(pipe, sampler: dict, budget: int, saved_scheduler) -> int:
     """The most steps whose network evaluations per image stay within `budget`."""
     best = 0
     for steps in range(1, budget + 1):
-        if evaluations(pipe, sampler, steps) <= budget:
+        if evaluations(pipe, sampler, steps, saved_scheduler) <= budget:
             best = steps
     if best == 0:
         raise ValueError(f"No step count of {sampler} fits {budget} network evaluations.")
@@ -74,11 +74,18 @@ def interval(sampler: dict) -> tuple:
     return tuple(sampler.get("guidance_interval") or NO_INTERVAL)
 
 
-def evaluations(pipe, sampler: dict, steps: int | None) -> int:
+def evaluations(pipe, sampler: dict, steps: int | None, saved_scheduler) -> int:
+    """Network evaluations per image of `sampler` on `pipe`, whose `saved_scheduler` is the one it was saved with."""
     if sampler.get("stored"):  # the pipeline's own defaults, as pipe() or pipe(class_labels=...) uses them
         return pipe.network_evaluations(steps, class_labels=True if sampler.get("conditional") else None)
     return pipe.network_evaluations(steps, sampler.get("guidance_scale", 1.0), sampler.get("autoguidance_scale", 1.0),
-                                    interval(sampler), class_labels=True if sampler.get("conditional") else None)
+                                    interval(sampler), class_labels=True if sampler.get("conditional") else None,
+                                    timestep_spacing=sampler_spacing(sampler, saved_scheduler))
+
+
+def sampler_spacing(sampler: dict, saved_scheduler) -> str:
+    """The step spacing a sampler uses: its own `timestep_spacing`, else the saved scheduler's."""
+    return sampler.get("timestep_spacing", saved_scheduler.config.timestep_spacing)
 
 
 def check_stored(sampler: dict) -> None:
@@ -130,7 +137,7 @@ class Scorer:
         self.floor = kid_fid(*halves, subset_size=min(self.num_samples, len(order) // 2))
 
     def sample(self, pipe, sampler: dict, steps: int | None, noise_seed: int,
-               saved_scheduler=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               saved_scheduler) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`num_samples` images in [0, 1] and, for a conditional sampler, the classes asked for. A `stored`
         sampler calls the pipeline with its `saved_scheduler` and no guidance arguments (steps None: its own)."""
         from denoising_diffusion.evaluation.scoring import generate
@@ -146,9 +153,9 @@ class Scorer:
             raise ValueError(f"scheduler {scheduler!r} is not one of {SCHEDULERS}.")
         from denoising_diffusion import CosineDDIMScheduler, CosineDPMSolverScheduler
 
-        spacing = {"timestep_spacing": sampler["timestep_spacing"]} if "timestep_spacing" in sampler else {}
+        spacing = sampler_spacing(sampler, saved_scheduler)  # never the spacing a previous sampler set
         pipe.scheduler = (CosineDPMSolverScheduler if scheduler == "dpm_solver" else CosineDDIMScheduler).from_config(
-            pipe.scheduler.config, **spacing)
+            saved_scheduler.config, timestep_spacing=spacing)
         labels = None
         if sampler.get("conditional") == "prior":  # as a stored class_prior draws them, from its own noise seed
             labels = torch.multinomial(self.class_frequencies, self.num_samples, replacement=True,
@@ -157,7 +164,8 @@ class Scorer:
             labels = self.requested_labels()
         kwargs = {"autoguidance_scale": sampler.get("autoguidance_scale", 1.0),
                   "guidance_interval": interval(sampler),
-                  "guidance_scale": sampler.get("guidance_scale", 1.0)}
+                  "guidance_scale": sampler.get("guidance_scale", 1.0),
+                  "timestep_spacing": spacing}  # not a saved per-call one (`with_class_labels`)
         images, _ = generate(pipe, self.num_samples, steps, seed=noise_seed, class_labels=labels, **kwargs)
         return images, labels
 
@@ -326,8 +334,8 @@ class Study:
             pipe.scheduler = saved
             steps = sampler.get("steps")
         else:
-            steps = sampler.get("steps") or fitting_steps(pipe, sampler, self.budget)
-        nfe = evaluations(pipe, sampler, steps)
+            steps = sampler.get("steps") or fitting_steps(pipe, sampler, self.budget, saved)
+        nfe = evaluations(pipe, sampler, steps, saved)
         images, labels = self.scorer.sample(pipe, sampler, steps, noise_seed, saved)
         steps = steps or pipe.inference_steps(class_labels_given=bool(sampler.get("conditional")))
         return {"steps": steps, "network_evaluations": nfe, **self.scorer.score(images, labels)}

@@ -78,4 +78,8 @@ def test_emoji32_config_trains_on_the_written_dataset(tmp_path):
     for category, count in {"Smileys & Emotion": 1, "People & Body": 2, "Flags": 1}.items():
         expected[emoji.CATEGORIES.index(category)] = count / 4
     assert pipe.class_prior == pytest.approx(expected)
-    assert pipe.config.sampling_defaults["autoguidance_scale"] == 2.0
+    assert pipe.config.sampling_defaults["autoguidance_scale"] == 4.0
+    # pipe() steps uniformly in t (the saved scheduler), a requested category in log-SNR (its own default)
+    assert pipe.scheduler.config.timestep_spacing == "time"
+    assert pipe.sampling_scheduler(class_labels_given=True).config.timestep_spacing == "log_snr"
+    assert pipe.scheduler.config.min_signal_rate == 0.002 and pipe.scheduler.config.prediction_type == "v_prediction"

@@ -97,9 +97,9 @@ def test_a_stored_sampler_names_only_what_the_saved_defaults_do_not_decide():
         def network_evaluations(self, steps=None, *args, class_labels=None):
             return {"steps": steps, "args": args, "class_labels": class_labels}
 
-    assert quality.evaluations(Pipe(), {"stored": True, "conditional": True}, None) == \
+    assert quality.evaluations(Pipe(), {"stored": True, "conditional": True}, None, None) == \
         {"steps": None, "args": (), "class_labels": True}
-    assert quality.evaluations(Pipe(), {"stored": True}, None)["class_labels"] is None  # as pipe(): drawn if stored
+    assert quality.evaluations(Pipe(), {"stored": True}, None, None)["class_labels"] is None  # as pipe(): drawn if stored
 
 
 def test_a_tune_block_crosses_every_listed_value_including_the_step_spacing():

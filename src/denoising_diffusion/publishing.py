@@ -179,10 +179,7 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
     pipe = CosineDDIMPipeline.from_pretrained(folder)
     defaults = pipe.call_defaults()
     steps = pipe.inference_steps()
-    solver = SCHEDULER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
-    spacing = pipe.scheduler.config.get("timestep_spacing", "log_snr")
-    if spacing in SPACING_NAMES:
-        solver += f" ({SPACING_NAMES[spacing]})"
+    solver = _solver_name(pipe.scheduler)
     guided = pipe.guide_unet is not None and defaults.get("autoguidance_scale", 1.0) != 1.0
     default = _call_description(pipe, solver, defaults, steps)
     if class_names and defaults.get("class_prior"):
@@ -195,7 +192,8 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
         asked = pipe.call_defaults(class_labels_given=True)
         asked_steps = pipe.inference_steps(class_labels_given=True)
         rows.append((f"a class: `pipe(batch_size=4, class_labels=[{_example_class(class_names)}] * 4)`",
-                     _call_description(pipe, solver, asked, asked_steps, conditional=True),
+                     _call_description(pipe, _solver_name(pipe.sampling_scheduler(class_labels_given=True),
+                                                          pipe.scheduler), asked, asked_steps, conditional=True),
                      pipe.network_evaluations(class_labels=True)))
     for n in sorted({max(1, steps // 2), 2 * steps}):
         rows.append((f"`num_inference_steps={n}`", f"{solver}, {n} steps" + (" (guidance as above)" if guided else ""),
@@ -205,6 +203,17 @@ def _sampling_table(folder: Path, class_names: list[str] | None) -> str:
     lines = ["| call | samples with | network evaluations per image |", "| --- | --- | ---: |"]
     lines += [f"| {call} | {what} | {n} |" for call, what, n in rows]
     return "\n".join(lines)
+
+
+def _solver_name(scheduler, saved=None) -> str:
+    """"DPM-Solver++(2M) (steps uniform in t)": the sampler and its step spacing, unnamed when it is the default
+    log-SNR, unless it differs from that of the `saved` scheduler (a call with its own `timestep_spacing`)."""
+    solver = SCHEDULER_NAMES.get(type(scheduler).__name__, type(scheduler).__name__)
+    spacing = scheduler.config.get("timestep_spacing", "log_snr")
+    names = dict(SPACING_NAMES)
+    if saved is not None and spacing != saved.config.get("timestep_spacing", "log_snr"):
+        names["log_snr"] = "steps uniform in log-SNR"
+    return solver + (f" ({names[spacing]})" if spacing in names else "")
 
 
 def _call_description(pipe, solver: str, defaults: dict, steps: int, conditional: bool = False) -> str:

@@ -25,10 +25,15 @@ GUIDE_KEYS = ("schedule", "min_signal_rate", "max_signal_rate", "in_channels", "
 # probability per class) makes a call without class labels draw them, so that it samples p(x) = sum_y p(y) p(x | y).
 # `with_class_labels` (a mapping of `CALL_DEFAULT_KEYS`) replaces the others for calls *given* `class_labels`:
 # asking for a class is served best by other settings (e.g. stronger classifier-free guidance, no
-# autoguidance) than sampling the data's own mix of classes.
+# autoguidance) than sampling the data's own mix of classes. It may also set `timestep_spacing`: the
+# step spacing of those calls, in place of the scheduler's own (which serves the calls without them).
 CALL_DEFAULT_KEYS = ("num_inference_steps", "autoguidance_scale", "guidance_interval", "guidance_scale")
 WITH_CLASS_LABELS = "with_class_labels"
+CLASS_CALL_KEYS = CALL_DEFAULT_KEYS + ("timestep_spacing",)
 SAMPLING_DEFAULT_KEYS = CALL_DEFAULT_KEYS + ("class_prior", WITH_CLASS_LABELS)
+# The schedulers' `timestep_spacing` values (`schedulers.noise_schedule.SPACINGS`, repeated here because this
+# module travels with saved pipelines without the schedulers' code).
+STEP_SPACINGS = ("time", "log_snr", "karras")
 NO_INTERVAL = (0.0, math.inf)
 
 
@@ -62,7 +67,7 @@ def check_guidance_interval(interval) -> tuple[float, float]:
 
 def check_sampling_defaults(defaults: dict | None) -> dict:
     """`sampling_defaults` checked: only `SAMPLING_DEFAULT_KEYS`, each valid (the interval as a list), and
-    `with_class_labels` a mapping of `CALL_DEFAULT_KEYS` checked likewise."""
+    `with_class_labels` a mapping of `CLASS_CALL_KEYS` checked likewise."""
     defaults = _check_call_defaults(defaults, SAMPLING_DEFAULT_KEYS, "sampling_defaults")
     if defaults.get("class_prior") is not None:
         defaults["class_prior"] = check_class_prior(defaults["class_prior"])
@@ -70,8 +75,8 @@ def check_sampling_defaults(defaults: dict | None) -> dict:
         given = defaults[WITH_CLASS_LABELS]
         if not isinstance(given, dict):
             raise ValueError(f"sampling_defaults {WITH_CLASS_LABELS} must be a mapping of some of "
-                             f"{list(CALL_DEFAULT_KEYS)} (the defaults of calls given class_labels), got {given!r}.")
-        defaults[WITH_CLASS_LABELS] = _check_call_defaults(given, CALL_DEFAULT_KEYS,
+                             f"{list(CLASS_CALL_KEYS)} (the defaults of calls given class_labels), got {given!r}.")
+        defaults[WITH_CLASS_LABELS] = _check_call_defaults(given, CLASS_CALL_KEYS,
                                                            f"sampling_defaults {WITH_CLASS_LABELS}")
     return defaults
 
@@ -93,6 +98,9 @@ def _check_call_defaults(defaults: dict | None, keys: tuple[str, ...], where: st
     if defaults.get("guidance_interval") is not None:
         low, high = check_guidance_interval(defaults["guidance_interval"])
         defaults["guidance_interval"] = [low, high if math.isfinite(high) else None]  # JSON has no inf
+    if "timestep_spacing" in defaults and defaults["timestep_spacing"] not in STEP_SPACINGS:
+        raise ValueError(f"{where} timestep_spacing must be one of {list(STEP_SPACINGS)}, "
+                         f"got {defaults['timestep_spacing']!r}.")
     return defaults
 
 
@@ -211,25 +219,41 @@ class GuidanceMixin:
             return 1.0
         return float(self.sampling_default("guidance_scale", None, class_labels_given) or 1.0)
 
+    def sampling_scheduler(self, timestep_spacing: str | None = None, class_labels_given: bool = False):
+        """The scheduler a call steps with: `self.scheduler`, or a copy of it (same class and config) with
+        another `timestep_spacing`: the one given, else the stored default of a call given class labels
+        (`with_class_labels`), when it differs from the scheduler's own. `self.scheduler` is left as it is."""
+        spacing = self.sampling_default("timestep_spacing", timestep_spacing, class_labels_given)
+        if spacing is None or spacing == self.scheduler.config.get("timestep_spacing"):
+            return self.scheduler
+        if spacing not in STEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {list(STEP_SPACINGS)}, got {spacing!r}.")
+        if "timestep_spacing" not in self.scheduler.config:
+            raise ValueError(f"{type(self.scheduler).__name__} has no timestep_spacing, so timestep_spacing="
+                             f"{spacing!r} cannot apply; use CosineDDIMScheduler or CosineDPMSolverScheduler.")
+        return type(self.scheduler).from_config(self.scheduler.config, timestep_spacing=spacing)
+
     def guidance_plan(self, num_inference_steps: int | None = None, guidance_scale: float = 1.0,
                       autoguidance_scale: float | None = None, guidance_interval=None,
-                      class_labels_given: bool = False) -> list[tuple[float, float]]:
+                      class_labels_given: bool = False, scheduler=None) -> list[tuple[float, float]]:
         """(guidance_scale, autoguidance_scale) for each sampling step, as `__call__` would use them
         (guidance only at noise levels inside `guidance_interval`); arguments left None take the stored
-        defaults of a call with or without given class labels. Sets the scheduler's timesteps."""
+        defaults of a call with or without given class labels. Sets the timesteps of `scheduler` (the
+        call's `sampling_scheduler`; `self.scheduler` when None)."""
+        scheduler = self.scheduler if scheduler is None else scheduler
         num_inference_steps = self.inference_steps(num_inference_steps, class_labels_given)
         autoguidance_scale = float(self.sampling_default("autoguidance_scale", autoguidance_scale,
                                                          class_labels_given) or 1.0)
         interval = self.sampling_default("guidance_interval", guidance_interval, class_labels_given)
         low, high = NO_INTERVAL if interval is None else check_guidance_interval(interval)
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        times = self.scheduler.timesteps.cpu()  # one read-back, before sampling starts
+        scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        times = scheduler.timesteps.cpu()  # one read-back, before sampling starts
         return [(guidance_scale, autoguidance_scale) if low < self.noise_level(t) <= high else (1.0, 1.0)
                 for t in times]
 
     def network_evaluations(self, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                             autoguidance_scale: float | None = None, guidance_interval=None,
-                            class_labels: bool | None = None) -> int:
+                            class_labels: bool | None = None, timestep_spacing: str | None = None) -> int:
         """Forward passes per image that `__call__` makes with these arguments: one per step, one more per
         step for classifier-free guidance (with class labels) and for each network autoguidance adds.
         Arguments left None take the pipeline's `sampling_defaults`, as `__call__` does. `class_labels`:
@@ -239,8 +263,9 @@ class GuidanceMixin:
         given = bool(class_labels)
         conditional = given or (class_labels is None and self.draws_class_labels)
         guidance_scale = self.classifier_free_scale(guidance_scale, conditional, given)
+        scheduler = self.sampling_scheduler(timestep_spacing, given)
         for cfg, auto in self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale,
-                                            guidance_interval, given):
+                                            guidance_interval, given, scheduler):
             main = 2 if conditional and cfg != 1.0 else 1
             total += main + (1 if auto != 1.0 else 0)
         return total

@@ -78,7 +78,8 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
             `pipe(batch_size=16)` gives its best samples). `with_class_labels`, a mapping of the first four,
             replaces them for calls given `class_labels` (e.g. `{"guidance_scale": 5.0,
             "autoguidance_scale": 1.0}`: stronger classifier-free guidance and no autoguidance when a class
-            is asked for), so that `pipe(class_labels=[2] * 16)` gives the best samples of class 2.
+            is asked for), so that `pipe(class_labels=[2] * 16)` gives the best samples of class 2. It may
+            also set `timestep_spacing`: the step spacing of those calls, in place of the scheduler's own.
 
     The UNet and the scheduler must share one noise schedule (`SCHEDULE_KEYS`); that is checked here and
     whenever `pipe.scheduler` or `pipe.unet` is replaced. `from_pretrained` is diffusers' own loader
@@ -249,6 +250,7 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         guidance_scale: float | None = None,
         autoguidance_scale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        timestep_spacing: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images from Gaussian noise.
 
@@ -285,6 +287,9 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
                 `sigma_lo < sigma <= sigma_hi`, with sigma = sigma_t / alpha_t (Kynkäänniemi et al. 2024);
                 other steps cost one evaluation. Defaults to `sampling_defaults`, else every step
                 (`(0, inf)`). `network_evaluations(...)` counts what a call costs.
+            timestep_spacing (`str`, *optional*): `"log_snr"`, `"time"` or `"karras"`: where this call's steps
+                fall, in place of the scheduler's own (left unchanged). Defaults to `sampling_defaults[
+                "with_class_labels"]` in a call given `class_labels`, else the scheduler's `timestep_spacing`.
 
         Returns:
             [`~pipelines.ImagePipelineOutput`] with `images`, or `(images,)`.
@@ -299,11 +304,13 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         labels = self.draw_class_labels(batch_size, generator) if drawn else self._class_labels(class_labels, batch_size)
         given = self._asks_for_classes(class_labels)  # then the stored `with_class_labels` defaults apply
         guidance_scale = self.classifier_free_scale(guidance_scale, labels is not None, given)
-        plan = self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval, given)
+        scheduler = self.sampling_scheduler(timestep_spacing, given)
+        plan = self.guidance_plan(num_inference_steps, guidance_scale, autoguidance_scale, guidance_interval, given,
+                                  scheduler)
         if any(auto != 1.0 for _, auto in plan) and self.guide_unet is None:
             raise ValueError(f"autoguidance_scale={self.sampling_default('autoguidance_scale', autoguidance_scale, given)} "
                              "needs a guide_unet, and this pipeline has none (pass autoguidance_scale=1.0).")
-        image = self._denoise(image, labels, plan, eta, generator, bool(use_clipped_model_output))
+        image = self._denoise(image, labels, plan, eta, generator, bool(use_clipped_model_output), scheduler)
         images = self.to_output(self.denormalize(image), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -323,15 +330,16 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
         return latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
     def _denoise(self, image: torch.Tensor, labels, plan: list[tuple[float, float]], eta: float, generator,
-                 use_clipped_model_output: bool) -> torch.Tensor:
-        """The sampling loop over the scheduler's timesteps, guided as `plan` says at each step."""
+                 use_clipped_model_output: bool, scheduler) -> torch.Tensor:
+        """The sampling loop over `scheduler`'s timesteps (the call's `sampling_scheduler`), guided as
+        `plan` says at each step."""
         estimate = None  # a self-conditioned UNet's previous clean-image estimate
-        for t, (cfg, auto) in zip(self.progress_bar(self.scheduler.timesteps), plan):
-            model_output = self.predict(self.scheduler.scale_model_input(image, t), t, labels, cfg, auto, estimate)
+        for t, (cfg, auto) in zip(self.progress_bar(scheduler.timesteps), plan):
+            model_output = self.predict(scheduler.scale_model_input(image, t), t, labels, cfg, auto, estimate)
             if self.self_conditioned:
-                estimate = self.scheduler.convert_model_output(model_output, t, image)[0].to(image.dtype)
-            image = self.scheduler.step(model_output, t, image, eta=eta, generator=generator,
-                                        use_clipped_model_output=use_clipped_model_output).prev_sample
+                estimate = scheduler.convert_model_output(model_output, t, image)[0].to(image.dtype)
+            image = scheduler.step(model_output, t, image, eta=eta, generator=generator,
+                                   use_clipped_model_output=use_clipped_model_output).prev_sample
         return image
 
     @staticmethod
