@@ -98,10 +98,15 @@ def _check_call_defaults(defaults: dict | None, keys: tuple[str, ...], where: st
     if defaults.get("guidance_interval") is not None:
         low, high = check_guidance_interval(defaults["guidance_interval"])
         defaults["guidance_interval"] = [low, high if math.isfinite(high) else None]  # JSON has no inf
-    if "timestep_spacing" in defaults and defaults["timestep_spacing"] not in STEP_SPACINGS:
-        raise ValueError(f"{where} timestep_spacing must be one of {list(STEP_SPACINGS)}, "
-                         f"got {defaults['timestep_spacing']!r}.")
+    if "timestep_spacing" in defaults:
+        check_timestep_spacing(defaults["timestep_spacing"], f"{where} ")
     return defaults
+
+
+def check_timestep_spacing(spacing, where: str = "") -> None:
+    """Raise `ValueError` unless `spacing` is one of `STEP_SPACINGS`; `where` prefixes the message."""
+    if spacing not in STEP_SPACINGS:
+        raise ValueError(f"{where}timestep_spacing must be one of {list(STEP_SPACINGS)}, got {spacing!r}.")
 
 
 def check_class_prior(prior) -> list[float]:
@@ -226,8 +231,7 @@ class GuidanceMixin:
         spacing = self.sampling_default("timestep_spacing", timestep_spacing, class_labels_given)
         if spacing is None or spacing == self.scheduler.config.get("timestep_spacing"):
             return self.scheduler
-        if spacing not in STEP_SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {list(STEP_SPACINGS)}, got {spacing!r}.")
+        check_timestep_spacing(spacing)
         if "timestep_spacing" not in self.scheduler.config:
             raise ValueError(f"{type(self.scheduler).__name__} has no timestep_spacing, so timestep_spacing="
                              f"{spacing!r} cannot apply; use CosineDDIMScheduler or CosineDPMSolverScheduler.")
