@@ -146,7 +146,8 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
                                                f"{distilled_steps or config.get('grid_inference_steps', 20)} DDIM "
                                                "steps, fixed noise",
         num_parameters=f"{summary.get('num_parameters', 0):,}" if summary else "unknown",
-        widths="/".join(map(str, unet["block_out_channels"])), layers_per_block=unet["layers_per_block"],
+        widths="/".join(map(str, unet["block_out_channels"])) + _patch_note(unet.get("patch_size", 1)),
+        layers_per_block=unet["layers_per_block"],
         resolution=config["resolution"], channels=config["channels"], schedule=schedule["schedule"],
         min_signal_rate=schedule["min_signal_rate"], max_signal_rate=schedule["max_signal_rate"],
         prediction_type=config["prediction_type"], loss=config["loss"], loss_on=config["loss_on"],
@@ -158,6 +159,10 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         training_config=yaml.safe_dump(_public_config(config), sort_keys=False).strip(),
         evaluation=_evaluation_markdown(folder),
     )
+
+
+def _patch_note(patch_size: int) -> str:
+    return f" on {patch_size}x{patch_size}-pixel patches" if patch_size > 1 else ""
 
 
 SCHEDULER_NAMES = {"CosineDDIMScheduler": "DDIM", "CosineDPMSolverScheduler": "DPM-Solver++(2M)"}

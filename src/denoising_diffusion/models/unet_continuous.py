@@ -15,6 +15,12 @@ With `self_conditioning=True` (Chen et al. 2022, "Analog Bits") the network also
 previous estimate of the clean image, concatenated to its input as `in_channels` more channels
 (`self_condition`; zeros when there is none).
 
+With `patch_size=p > 1` the UNet works on patches, as diffusion transformers and U-ViT do: the input's
+p x p pixel blocks become channels (`pixel_unshuffle`, (B, C, H, W) -> (B, C p^2, H/p, W/p)) before the
+input convolution, and the output's channels become pixels again (`pixel_shuffle`) after the output
+convolution. Every level then runs at 1/p the resolution, so for the same compute the levels can be
+much wider; `sample_size`, `in_channels` and `out_channels` still describe the images.
+
 This module travels with saved pipelines, so it imports only torch, diffusers and its sibling
 ``noise_schedule``.
 """
@@ -26,6 +32,7 @@ from diffusers import UNet2DModel
 from diffusers.configuration_utils import FrozenDict, register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
+from torch.nn import functional as F
 
 from ..schedulers.noise_schedule import check_times, signal_noise_rates, validate_schedule
 
@@ -106,6 +113,7 @@ class ContinuousUNet2DModel(UNet2DModel):
         embedding_min_frequency: float = 1.0,
         embedding_max_frequency: float = 1000.0,
         self_conditioning: bool = False,
+        patch_size: int = 1,
     ):
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
         if time_embedding_type != "positional":
@@ -119,6 +127,8 @@ class ContinuousUNet2DModel(UNet2DModel):
                     f"Every block_out_channels value must be divisible by norm_num_groups={norm_num_groups}, "
                     f"got block_out_channels={tuple(block_out_channels)}."
                 )
+        if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive integer (1: no patches), got {patch_size!r}.")
         super().__init__(
             sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
             center_input_sample=center_input_sample, time_embedding_type="positional",
@@ -141,15 +151,21 @@ class ContinuousUNet2DModel(UNet2DModel):
             block_out_channels[0], schedule, min_signal_rate, max_signal_rate,
             embedding_min_frequency, embedding_max_frequency,
         )
-        if self_conditioning:  # the input convolution also reads the previous clean-image estimate
-            self.conv_in = nn.Conv2d(2 * in_channels, block_out_channels[0], kernel_size=3, padding=(1, 1))
+        # The input convolution reads every pixel of a patch (and, with self-conditioning, the previous
+        # clean-image estimate too); the output convolution writes every pixel of a patch.
+        inputs = (2 if self_conditioning else 1) * in_channels * patch_size**2
+        if inputs != in_channels:
+            self.conv_in = nn.Conv2d(inputs, block_out_channels[0], kernel_size=3, padding=(1, 1))
+        if patch_size > 1:
+            self.conv_out = nn.Conv2d(block_out_channels[0], out_channels * patch_size**2, kernel_size=3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
     @property
     def downsample_factor(self) -> int:
-        """How many times smaller the lowest resolution is than the input (inputs must be divisible by it)."""
-        return 2 ** (len(self.config.block_out_channels) - 1)
+        """How many times smaller the lowest resolution is than the input (inputs must be divisible by it):
+        the patch size times 2 per downsampling level."""
+        return self.config.get("patch_size", 1) * 2 ** (len(self.config.block_out_channels) - 1)
 
     def forward(
         self,
@@ -183,4 +199,12 @@ class ContinuousUNet2DModel(UNet2DModel):
             sample = torch.cat([sample, condition], dim=1)
         elif self_condition is not None:
             raise ValueError("self_condition was given, but this model was not trained with self_conditioning.")
-        return super().forward(sample, t.to(torch.float32), class_labels=class_labels, return_dict=return_dict)
+        patch = self.config.get("patch_size", 1)
+        if patch == 1:
+            return super().forward(sample, t.to(torch.float32), class_labels=class_labels, return_dict=return_dict)
+        if sample.shape[-2] % patch or sample.shape[-1] % patch:
+            raise ValueError(f"The sample's height and width must be multiples of patch_size={patch}, got "
+                             f"{tuple(sample.shape[-2:])}.")
+        patches = super().forward(F.pixel_unshuffle(sample, patch), t.to(torch.float32), class_labels=class_labels).sample
+        output = F.pixel_shuffle(patches, patch)
+        return UNet2DOutput(sample=output) if return_dict else (output,)

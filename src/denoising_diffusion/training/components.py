@@ -20,12 +20,13 @@ logger = logging.getLogger(__name__)
 
 def build_unet(config: TrainingConfig) -> ContinuousUNet2DModel:
     """A freshly initialised `ContinuousUNet2DModel` for the config's data, schedule and `unet` section."""
-    known = set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}
+    known = (set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}) | {"patch_size"}
     unknown = sorted(set(config.unet) - known)
     if unknown:
         close = {key: difflib.get_close_matches(key, sorted(known), n=1) for key in unknown}
         hints = ", ".join(f"{key!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for key, m in close.items())
-        raise ConfigError(f"Unknown key(s) in the unet section: {hints}; it takes UNet2DModel's arguments.")
+        raise ConfigError(f"Unknown key(s) in the unet section: {hints}; it takes UNet2DModel's arguments "
+                          "and patch_size.")
     try:
         unet = ContinuousUNet2DModel(
             sample_size=config.resolution, in_channels=config.channels, out_channels=config.channels,
@@ -37,7 +38,8 @@ def build_unet(config: TrainingConfig) -> ContinuousUNet2DModel:
     if config.resolution % unet.downsample_factor:
         raise ConfigError(
             f"resolution={config.resolution} is not divisible by {unet.downsample_factor}, the UNet's downsampling "
-            f"factor ({len(config.unet['block_out_channels'])} levels); use a multiple of {unet.downsample_factor}."
+            f"factor (patch_size={unet.config.patch_size}, {len(config.unet['block_out_channels'])} levels); use a "
+            f"multiple of {unet.downsample_factor}."
         )
     return unet
 
