@@ -52,17 +52,6 @@ def test_bad_patch_sizes_and_samples_raise_clear_errors():
         tiny_unet(patch_size=2)(torch.randn(1, 1, 6, 7), 0.5)
 
 
-def test_a_patched_self_conditioned_unet_reads_the_estimate():
-    unet = tiny_unet(patch_size=2, self_conditioning=True)
-    assert unet.conv_in.in_channels == 8  # (sample + estimate) x 2 x 2
-    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    estimate = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        without = unet(x, 0.5).sample
-        assert torch.equal(without, unet(x, 0.5, self_condition=torch.zeros_like(x)).sample)
-        assert not torch.allclose(without, unet(x, 0.5, self_condition=estimate).sample)
-
-
 def test_a_patched_pipeline_round_trips_with_and_without_the_package(tmp_path):
     pipe = CosineDDIMPipeline(tiny_unet(channels=3, size=8, patch_size=2), CosineDDIMScheduler())
     pipe.set_progress_bar_config(disable=True)

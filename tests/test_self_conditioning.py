@@ -9,9 +9,10 @@ from denoising_diffusion.training import ConfigError, parse_config, train
 from test_training import TINY, KillAfterCheckpoint, assert_same_weights, unet_weights
 
 
-def test_a_self_conditioned_unet_reads_the_estimate_and_none_means_zeros():
-    unet = tiny_unet(self_conditioning=True)
-    assert unet.conv_in.in_channels == 2
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_a_self_conditioned_unet_reads_the_estimate_and_none_means_zeros(patch_size):
+    unet = tiny_unet(self_conditioning=True, patch_size=patch_size)
+    assert unet.conv_in.in_channels == 2 * patch_size**2  # (sample + estimate) x the pixels of a patch
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     estimate = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
