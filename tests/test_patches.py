@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import UNet2DModel
 from torch.nn import functional as F
 
 from conftest import tiny_unet
@@ -32,16 +33,19 @@ def test_a_patched_unet_is_the_plain_unet_on_unshuffled_pixels():
         assert torch.equal(patched(x, 0.4, return_dict=False)[0], out)
 
 
-def test_patch_size_one_is_the_unpatched_model():
+def test_patch_size_one_builds_the_parent_unets_network():
+    # With the same seed the weights are UNet2DModel's own, draw for draw, but for the zero output convolution.
+    shape = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+                 up_block_types=("UpBlock2D",) * 2, mid_block_type=None, norm_num_groups=4)
     torch.manual_seed(3)
-    default = ContinuousUNet2DModel(block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
-                                    up_block_types=("UpBlock2D",) * 2, norm_num_groups=4)
+    ours = ContinuousUNet2DModel(**shape, patch_size=1)
     torch.manual_seed(3)
-    explicit = ContinuousUNet2DModel(block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
-                                     up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, patch_size=1)
-    assert default.conv_in.in_channels == 3 and default.downsample_factor == 2
-    for (name, a), b in zip(default.state_dict().items(), explicit.state_dict().values()):
-        assert torch.equal(a, b), name
+    parent = UNet2DModel(**shape)
+    assert ours.conv_in.in_channels == 3 and ours.downsample_factor == 2
+    theirs = parent.state_dict()
+    assert ours.state_dict().keys() == theirs.keys()
+    for name, weight in ours.state_dict().items():
+        assert torch.equal(weight, torch.zeros_like(weight) if name.startswith("conv_out") else theirs[name]), name
 
 
 def test_bad_patch_sizes_and_samples_raise_clear_errors():

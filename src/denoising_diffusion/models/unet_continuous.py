@@ -165,7 +165,7 @@ class ContinuousUNet2DModel(UNet2DModel):
     def downsample_factor(self) -> int:
         """How many times smaller the lowest resolution is than the input (inputs must be divisible by it):
         the patch size times 2 per downsampling level."""
-        return self.config.get("patch_size", 1) * 2 ** (len(self.config.block_out_channels) - 1)
+        return self.config.patch_size * 2 ** (len(self.config.block_out_channels) - 1)
 
     def forward(
         self,
@@ -199,12 +199,12 @@ class ContinuousUNet2DModel(UNet2DModel):
             sample = torch.cat([sample, condition], dim=1)
         elif self_condition is not None:
             raise ValueError("self_condition was given, but this model was not trained with self_conditioning.")
-        patch = self.config.get("patch_size", 1)
+        t, patch = t.to(torch.float32), self.config.patch_size
         if patch == 1:
-            return super().forward(sample, t.to(torch.float32), class_labels=class_labels, return_dict=return_dict)
+            return super().forward(sample, t, class_labels=class_labels, return_dict=return_dict)
         if sample.shape[-2] % patch or sample.shape[-1] % patch:
             raise ValueError(f"The sample's height and width must be multiples of patch_size={patch}, got "
                              f"{tuple(sample.shape[-2:])}.")
-        patches = super().forward(F.pixel_unshuffle(sample, patch), t.to(torch.float32), class_labels=class_labels).sample
+        patches = super().forward(F.pixel_unshuffle(sample, patch), t, class_labels=class_labels).sample
         output = F.pixel_shuffle(patches, patch)
         return UNet2DOutput(sample=output) if return_dict else (output,)
