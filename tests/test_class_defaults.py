@@ -168,8 +168,9 @@ def test_the_training_config_checks_with_class_labels():
     assert config.sampling["with_class_labels"] == {"guidance_scale": 5.0}
     for name in ("emoji32.yaml", "emoji.yaml", "images.yaml"):  # the shipped configs store it, and it is valid
         config = parse_config(["--config", str(ROOT / "configs" / name)])
-        spacing = {} if name == "images.yaml" else {"timestep_spacing": "log_snr"}  # the emoji: pipe() steps in t
-        assert config.sampling["with_class_labels"] == {"guidance_scale": 5.0, "autoguidance_scale": 1.0, **spacing}
+        assert config.sampling["timestep_spacing"] == "time"  # pipe() steps in t, a requested class in log-SNR
+        assert config.sampling["with_class_labels"] == {"guidance_scale": 5.0, "autoguidance_scale": 1.0,
+                                                        "timestep_spacing": "log_snr"}
 
 
 def test_components_drop_what_the_trained_model_cannot_use():
