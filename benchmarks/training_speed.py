@@ -3,7 +3,7 @@
     python benchmarks/training_speed.py [--config configs/digits.yaml] [--device cpu] [--repeats 6] [--batch_size N]
 
 Each variant (eager, channels_last, torch.compile, both; fp32, and bf16 autocast on CUDA and on CPUs
-with AVX512-BF16/AMX, where `mixed_precision: auto` picks it) runs a
+with AVX512-BF16/AMX, where `mixed_precision: auto` picks it; elsewhere only when named) runs a
 full training step (forward, MAE loss, backward, AdamW) on the config's model and batch size. The
 variants are timed in turns, `--repeats` rounds of `--iters` steps each, so a busy machine slows
 them all alike; the table gives the median and the best round. Compilation happens in the warm-up
@@ -78,7 +78,7 @@ def main():
     parser.add_argument("--variants", nargs="+", default=None,
                         help="Only these variants, named as in the table: 'fp32', 'bf16 channels_last', "
                              "'bf16 compile', 'bf16 channels_last compile', ... (default: all; bf16 on CUDA and on "
-                             "CPUs with AVX512-BF16/AMX only).")
+                             "CPUs with AVX512-BF16/AMX only, elsewhere when named: emulated there).")
     parser.add_argument("--out", default=None, help="Results file (default: benchmarks/results/training_speed-<machine>.json).")
     args = parser.parse_args()
 
@@ -88,7 +88,7 @@ def main():
     config = parse_config(["--config", args.config] + (["--train_batch_size", str(args.batch_size)] if args.batch_size else []))
     device = args.device
     native_bf16 = device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16())
-    dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16 else [])
+    dtypes = [torch.float32, torch.bfloat16]  # bf16 where it is emulated only when named in --variants
     candidates = {(f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}"
                    f"{' channels_last' if channels_last else ''}{' compile' if compile_ else ''}"): (dtype, channels_last, compile_)
                   for dtype in dtypes for channels_last in (False, True)
@@ -96,9 +96,11 @@ def main():
     unknown = sorted(set(args.variants or []) - set(candidates))
     if unknown:
         parser.error(f"unknown variants {unknown} on {device}; expected some of {sorted(candidates)}")
+    chosen = args.variants or [name for name, (dtype, _, _) in candidates.items()
+                               if dtype == torch.float32 or native_bf16]
     variants = {}
     for name, (dtype, channels_last, compile_) in candidates.items():
-        if args.variants is None or name in args.variants:
+        if name in chosen:
             step, sample_call = make_variant(config, device, channels_last, compile_, dtype, args.sample_batch_size)
             start = time.perf_counter()
             for _ in range(3):

@@ -48,6 +48,19 @@ def test_pipeline_with_a_compiled_unet_gives_the_same_images():
     torch.testing.assert_close(compiled.images, eager.images, rtol=1e-4, atol=1e-4)
 
 
+def test_forward_compiles_as_one_graph_and_eager_calls_still_check_times():
+    # the range check reads the times back: inside torch.compile it is skipped so the forward stays one graph
+    torch._dynamo.reset()
+    unet = tiny_unet().eval()
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        eager = unet(x, t).sample
+        compiled = torch.compile(unet.forward, backend="aot_eager", fullgraph=True)(x, t).sample  # no graph break
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="got a value of 1.5"):
+            unet(x, torch.tensor([0.3, 1.5]))
+
+
 def test_inductor_compiles_a_forward_pass_on_this_machine():
     torch._dynamo.reset()
     unet = tiny_unet().eval()

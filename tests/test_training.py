@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -299,6 +300,20 @@ def test_auto_mixed_precision_on_a_cpu_is_bf16_only_where_the_cpu_has_it(monkeyp
     monkeypatch.setattr(components, "cpu_has_native_bf16", lambda: native_bf16)
     assert components.resolve_mixed_precision("auto") == expected
     assert components.resolve_mixed_precision("no") == "no" and components.resolve_mixed_precision("bf16") == "bf16"
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_bf16_asked_for_on_a_cpu_without_it_warns(monkeypatch, caplog, native_bf16):
+    from denoising_diffusion.training import components
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(components, "cpu_has_native_bf16", lambda: native_bf16)
+    with caplog.at_level(logging.WARNING, logger=components.__name__):
+        assert components.resolve_mixed_precision("bf16") == "bf16"  # still what was asked for
+        components.resolve_mixed_precision("auto"), components.resolve_mixed_precision("no")
+    warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warned) == (0 if native_bf16 else 1)
+    if warned:
+        assert "mixed_precision='bf16'" in warned[0] and "'auto' or 'no'" in warned[0]
 
 
 def test_two_process_cpu_run(tmp_path):

@@ -182,8 +182,9 @@ class ContinuousUNet2DModel(UNet2DModel):
 
         `timestep` is a float, a 0-d floating-point tensor or one of shape (B,), with values in [0, 1];
         integer timesteps (diffusers' discrete schedulers) are rejected with an error, as are values
-        outside [0, 1] (checked for Python numbers and CPU tensors). Returns `UNet2DOutput` with
-        `sample` of shape (B, out_channels, H, W) (what it means is the scheduler's `prediction_type`).
+        outside [0, 1] (checked for Python numbers and CPU tensors, not inside `torch.compile`). Returns
+        `UNet2DOutput` with `sample` of shape (B, out_channels, H, W) (what it means is the scheduler's
+        `prediction_type`).
         """
         check_times(timestep)
         t = torch.as_tensor(timestep, device=sample.device)

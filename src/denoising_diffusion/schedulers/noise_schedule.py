@@ -47,7 +47,8 @@ def check_times(timesteps, name: str = "timestep") -> None:
 
     Integer and boolean dtypes are always rejected (the usual slip is diffusers' integer timesteps).
     Values are checked for Python numbers and CPU tensors; on an accelerator, reading them back would
-    stall the device every call, so there only the dtype is checked.
+    stall the device every call, and inside `torch.compile` it would break the graph, so there only the
+    dtype is checked.
     """
     if isinstance(timesteps, bool) or (isinstance(timesteps, torch.Tensor) and timesteps.dtype == torch.bool):
         raise TypeError(f"{name} must be {TIME_MEANING}; got a boolean.")
@@ -55,7 +56,7 @@ def check_times(timesteps, name: str = "timestep") -> None:
         shown = timesteps if isinstance(timesteps, int) else f"a {timesteps.dtype} tensor"
         raise TypeError(f"{name} must be {TIME_MEANING}; got {shown}.")
     if isinstance(timesteps, torch.Tensor):
-        if timesteps.device.type != "cpu" or timesteps.numel() == 0:
+        if timesteps.device.type != "cpu" or timesteps.numel() == 0 or torch.compiler.is_compiling():
             return
         low, high = float(timesteps.min()), float(timesteps.max())
     else:

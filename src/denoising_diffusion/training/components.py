@@ -96,6 +96,11 @@ def resolve_mixed_precision(value: str) -> str:
     if value == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision='fp16' needs a GPU: on a CPU Accelerate would train in fp32 all the same; "
                           "use 'bf16' (fast only with AVX512-BF16/AMX), 'auto' or 'no'.")
+    if value == "bf16" and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        logger.warning(
+            "mixed_precision='bf16' on a CPU without AVX512-BF16 or AMX: bf16 is emulated there and trains far "
+            "slower than fp32 (18x on a 2-core AVX2 AMD EPYC, benchmarks/training_speed.py); 'auto' or 'no' "
+            "trains in fp32 on this CPU.")
     if value != "auto":
         return value
     if torch.cuda.is_available():
