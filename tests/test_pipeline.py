@@ -54,6 +54,10 @@ def test_bad_arguments_raise_clear_errors():
         pipe(batch_size=2, generator=[torch.Generator()] * 3)
     with pytest.raises(ValueError, match=r"latents must have shape \(2, 1, 8, 8\)"):
         pipe(latents=torch.randn(2, 3, 8, 8))
+    nan_noise = torch.randn(2, 1, 8, 8)
+    nan_noise[1, 0, 3, :2] = float("nan")
+    with pytest.raises(ValueError, match="latents must be finite; 2 of their 128 values are NaN or inf"):
+        pipe(latents=nan_noise, num_inference_steps=2)
     with pytest.raises(ValueError, match="image_mean needs one value per channel"):
         CosineDDIMPipeline(pipe.unet, pipe.scheduler, image_mean=[0.1, 0.2])
 

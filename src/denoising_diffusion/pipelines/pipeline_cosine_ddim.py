@@ -327,6 +327,9 @@ class CosineDDIMPipeline(GuidanceMixin, InversionMixin, SavesCodeMixin, Diffusio
             latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        elif not torch.isfinite(latents).all():  # NaN noise would come out as blank images, silently
+            bad = int((~torch.isfinite(latents)).sum())
+            raise ValueError(f"latents must be finite; {bad} of their {latents.numel()} values are NaN or inf.")
         return latents.to(device=self._execution_device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
     def _denoise(self, image: torch.Tensor, labels, plan: list[tuple[float, float]], eta: float, generator,
