@@ -39,9 +39,16 @@ def tiny_unet(channels: int = 1, size: int = 8, **kwargs):
     return unet
 
 
+# An untrained tiny UNet's samples reach |x| of a few hundred, which the default image_std of 0.5 clips to 0 or 1
+# nearly everywhere: two different samples then agree on most pixels by chance (and, on another CPU's rounding,
+# on all of them). The tiny pipelines map samples back with this std instead, so their images stay inside (0, 1).
+UNCLIPPED_STD = 1e-3
+
+
 def tiny_pipeline(channels: int = 1, size: int = 8, **pipe_kwargs):
     from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
 
+    pipe_kwargs.setdefault("image_std", [UNCLIPPED_STD] * channels)
     pipe = CosineDDIMPipeline(tiny_unet(channels, size), CosineDDIMScheduler(), **pipe_kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import ImagePipelineOutput
 
-from conftest import tiny_pipeline
+from conftest import UNCLIPPED_STD, tiny_pipeline
 from denoising_diffusion import CosineDDIMPipeline
 
 
@@ -66,14 +66,15 @@ def test_latents_and_normalisation_are_used():
     pipe = tiny_pipeline(image_mean=[0.25], image_std=[0.1])
     latents = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     a = pipe(latents=latents, num_inference_steps=3, output_type="pt").images
-    raw = tiny_pipeline()
+    raw = tiny_pipeline(image_mean=[0.5], image_std=[UNCLIPPED_STD])  # unclipped: the model-space sample itself
     raw.unet.load_state_dict(pipe.unet.state_dict())
     b = raw(latents=latents, num_inference_steps=3, output_type="pt").images
+    assert ((b > 0) & (b < 1)).all()
     # Same model-space sample, mapped back with different statistics: x * std + mean, clipped.
-    x = (b - 0.5) / 0.5
-    expected = (x * 0.1 + 0.25).clamp(0, 1)
-    inside = (b > 0) & (b < 1)
-    torch.testing.assert_close(a[inside], expected[inside])
+    x = (b.double() - 0.5) / UNCLIPPED_STD
+    expected = (x * 0.1 + 0.25).clamp(0, 1).float()
+    assert (expected == 0).any() and ((expected > 0) & (expected < 1)).any()  # both clipped and kept pixels
+    torch.testing.assert_close(a, expected)
 
 
 def test_runs_on_cpu_and_in_bfloat16():
