@@ -45,11 +45,13 @@ def tiny_unet(channels: int = 1, size: int = 8, **kwargs):
 UNCLIPPED_STD = 1e-3
 
 
-def tiny_pipeline(channels: int = 1, size: int = 8, **pipe_kwargs):
+def tiny_pipeline(channels: int = 1, size: int = 8, unet=None, **pipe_kwargs):
+    """A pipeline around `unet` (default: `tiny_unet(channels, size)`) with images mapped back unclipped."""
     from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
 
-    pipe_kwargs.setdefault("image_std", [UNCLIPPED_STD] * channels)
-    pipe = CosineDDIMPipeline(tiny_unet(channels, size), CosineDDIMScheduler(), **pipe_kwargs)
+    unet = tiny_unet(channels, size) if unet is None else unet
+    pipe_kwargs.setdefault("image_std", [UNCLIPPED_STD] * unet.config.in_channels)
+    pipe = CosineDDIMPipeline(unet, CosineDDIMScheduler(), **pipe_kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

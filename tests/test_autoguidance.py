@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import UNCLIPPED_STD, tiny_pipeline, tiny_unet
+from conftest import tiny_pipeline, tiny_unet
 from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler, CosineDPMSolverScheduler
 from denoising_diffusion.pipelines.guidance import check_sampling_defaults
 from denoising_diffusion.training import ConfigError, parse_config, train
@@ -25,10 +25,7 @@ def guided_pipeline(num_class_embeds=None, **kwargs):
     guide = tiny_unet(**extra)
     with torch.no_grad():
         torch.nn.init.normal_(guide.conv_out.weight, std=0.2, generator=torch.Generator().manual_seed(1))
-    kwargs.setdefault("image_std", [UNCLIPPED_STD])
-    pipe = CosineDDIMPipeline(tiny_unet(**extra), CosineDDIMScheduler(), guide_unet=guide, **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipeline(unet=tiny_unet(**extra), guide_unet=guide, **kwargs)
 
 
 class CountCalls:
@@ -322,9 +319,7 @@ def test_a_stored_classifier_free_guidance_weight_is_used_with_class_labels_only
     unet = tiny_unet(num_class_embeds=4)  # 3 classes + "no class"
     with torch.no_grad():  # an untrained UNet outputs zeros, for every class: give it an output
         torch.nn.init.normal_(unet.conv_out.weight, std=0.2, generator=torch.Generator().manual_seed(1))
-    pipe = CosineDDIMPipeline(unet, CosineDDIMScheduler(), image_std=[UNCLIPPED_STD],
-                              sampling_defaults={"num_inference_steps": 4, "guidance_scale": 3.0})
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_pipeline(unet=unet, sampling_defaults={"num_inference_steps": 4, "guidance_scale": 3.0})
     calls = CountCalls(pipe.unet)
     run = lambda **kw: pipe(batch_size=2, generator=torch.Generator().manual_seed(5), output_type="pt", **kw).images  # noqa: E731
     stored = run(class_labels=[0, 2])

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import UNCLIPPED_STD, tiny_pipeline
+from conftest import tiny_pipeline
 from denoising_diffusion.training import ConfigError, parse_config, train
 from denoising_diffusion.training.objectives import DiffusionObjective
 from test_training import TINY
@@ -11,10 +11,8 @@ from test_training import TINY
 
 def conditional_pipeline():
     from conftest import tiny_unet
-    from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
 
-    pipe = CosineDDIMPipeline(tiny_unet(num_class_embeds=4), CosineDDIMScheduler(), image_std=[UNCLIPPED_STD])
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_pipeline(unet=tiny_unet(num_class_embeds=4))
     with torch.no_grad():
         pipe.unet.class_embedding.weight.mul_(5)  # make classes matter in an untrained model
     return pipe
