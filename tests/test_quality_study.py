@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from test_training import ROOT
@@ -210,3 +211,42 @@ def test_blank_samples_counts_blank_samples_by_the_starting_noises_mean(tmp_path
         assert sum(int(n) for n in re.findall(r"of (\d+);", line)) == 12  # every sample in one bin of the mean
         blank = float(re.search(r"blank (\d\.\d+)", line).group(1))
         assert 0.0 <= blank <= 1.0
+
+
+def test_ema_lengths_saves_each_power_ema_as_the_trainer_option_would_train_it(tmp_path):
+    # One run carries a power-function EMA (gamma 2) beside the trainer's own; its saved pipeline must hold
+    # what a run with --ema_power 1 --ema_inv_gamma 3 saves: the same EMA weights and the same guide snapshot.
+    from safetensors.torch import load_file
+
+    from denoising_diffusion.training import parse_config, train
+
+    config = yaml.safe_load((ROOT / "configs" / "digits_keras.yaml").read_text())
+    config.update({k: v for k, v in SPEC["overrides"].items() if k != "max_train_steps"})
+    config.update({"guide": "ema_snapshot", "guide_fraction": 0.5, "sampling": {"num_inference_steps": 3}})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    spec = {**SPEC, "output_dir": str(tmp_path / "unused"), "evaluation": {
+        "features": "digits", "num_samples": 30, "budget": 6, "samplers": {"stored": {"stored": True}}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "BENCHMARK_RESULTS": str(tmp_path / "results"), "TQDM_DISABLE": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ema_lengths.py"), "--config",
+                             str(tmp_path / "tiny.yaml"), "--spec", str(tmp_path / "spec.yaml"), "--seeds", "5",
+                             "--gammas", "2", "--max_train_steps", "4", "--samplers", "stored",
+                             "--output_dir", str(tmp_path / "runs")],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = json.loads(next((tmp_path / "results").glob("ema_lengths-tiny-*.json")).read_text())
+    assert set(out["emas"]) == {"trainer", "gamma2"}
+    assert out["emas"]["gamma2"]["sigma_rel"] == pytest.approx((3 / (16 * 5)) ** 0.5)
+    assert "| gamma2 |" in result.stdout
+
+    option = train(parse_config(["--config", str(tmp_path / "tiny.yaml"), "--max_train_steps", "4", "--seed", "5",
+                                 "--logger", "none", "--ema_power", "1", "--ema_inv_gamma", "3",
+                                 "--output_dir", str(tmp_path / "option")]))
+    weights = "diffusion_pytorch_model.safetensors"
+    for part in ("unet", "guide_unet"):
+        expected = load_file(str(option / part / weights))
+        carried = load_file(str(tmp_path / "runs" / "gamma2-seed5" / part / weights))
+        default = load_file(str(tmp_path / "runs" / "trainer-seed5" / part / weights))
+        assert any(not torch.allclose(expected[k], default[k]) for k in expected)  # another average than the default's
+        for key in expected:
+            torch.testing.assert_close(carried[key], expected[key])

@@ -376,7 +376,27 @@ def test_ema_min_decay_sets_the_ema_weights_and_an_unreachable_decay_is_reported
         torch.testing.assert_close(ema[key], decay * first[key] + (1 - decay) * second[key])
 
 
-@pytest.mark.parametrize("args", [("--ema_decay", 1.0), ("--ema_min_decay", 0.9999), ("--ema_min_decay", -0.1)])
+def test_ema_power_sets_a_power_function_warm_up_and_the_card_states_it(tmp_path, caplog):
+    # ema_power 1, ema_inv_gamma 1: EMAModel copies the weights at the first update, then keeps
+    # 1 - (1 + s)^-1 of the average at update s + 1: 1/2 at the second, 2/3 at the third, far below the cap.
+    from denoising_diffusion.publishing import render_model_card
+
+    with caplog.at_level("WARNING"):
+        out = train(config_for(tmp_path, "--max_train_steps", 3, "--checkpointing_steps", 1, "--ema_decay", 0.9999,
+                               "--ema_power", 1, "--ema_inv_gamma", 1))
+    assert not [r for r in caplog.records if "is not reached" in r.getMessage()]  # meant to keep growing
+    w1, w2, w3 = (load_file(str(out / f"checkpoint-{s}" / "model.safetensors")) for s in (1, 2, 3))
+    ema = unet_weights(out)
+    assert any((w3[k] != w2[k]).any() for k in ema) and any((w2[k] != w1[k]).any() for k in ema)
+    for key in ema:
+        second = 0.5 * w1[key] + 0.5 * w2[key]
+        torch.testing.assert_close(ema[key], 2 / 3 * second + 1 / 3 * w3[key])
+    assert "EMA weights (decay 1 - (1 + s / 1) ^ -1 at step s, capped at 0.9999; 0.6667 by the last step)" in (
+        render_model_card(out).text)
+
+
+@pytest.mark.parametrize("args", [("--ema_decay", 1.0), ("--ema_min_decay", 0.9999), ("--ema_min_decay", -0.1),
+                                  ("--ema_power", 0), ("--ema_inv_gamma", -1)])
 def test_bad_ema_settings_are_rejected_by_name(args):
     with pytest.raises(ConfigError, match=args[0].lstrip("-")):
         parse_config(TINY + list(map(str, args)))

@@ -269,14 +269,21 @@ def _ema_description(config: dict, steps: int | None) -> str:
     """The EMA as trained: EMAModel's decay is capped at `ema_decay`, but its warm-up may end below it."""
     if not config.get("use_ema"):
         return "none (no EMA)"
+    power = config.get("ema_power")
     text = f"{config['ema_decay']}"
+    if power is not None:
+        text = (f"1 - (1 + s / {config.get('ema_inv_gamma', 1.0):g}) ^ -{power:g} at step s, capped at "
+                f"{config['ema_decay']}")
     if steps:
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=config["ema_decay"],
-                       min_decay=config.get("ema_min_decay", 0.0))
+                       min_decay=config.get("ema_min_decay", 0.0), use_ema_warmup=power is not None,
+                       inv_gamma=config.get("ema_inv_gamma", 1.0), power=power or 2 / 3)
         last = ema.get_decay(steps)
-        if last < config["ema_decay"]:
+        if power is not None:
+            text += f"; {last:.4f} by the last step"
+        elif last < config["ema_decay"]:
             text = f"capped at {config['ema_decay']}; EMAModel's warm-up reached {last:.4f} by the last step"
     return text
 

@@ -186,6 +186,16 @@ class TrainingConfig:
         metadata={"help": "EMAModel's min_decay: the decay never drops below it. ema_min_decay = ema_decay gives a "
                           "constant decay from the first step, as the Keras DDIM example's EMA."},
     )
+    ema_power: Optional[float] = field(
+        default=None,
+        metadata={"help": "A power-function warm-up instead of EMAModel's (1 + s) / (10 + s): at step s the decay is "
+                          "1 - (1 + s / ema_inv_gamma) ** -ema_power, capped at ema_decay (diffusers' use_ema_warmup, "
+                          "as its train_unconditional.py's --ema_power). ema_power 1 with ema_inv_gamma = gamma + 1 "
+                          "averages a fixed fraction of the run whatever its length (the power-function EMA of "
+                          "Karras et al. 2024, EDM2): gamma 8 (ema_inv_gamma 9) is the default warm-up's width."},
+    )
+    ema_inv_gamma: float = field(
+        default=1.0, metadata={"help": "ema_power's inv_gamma (EMAModel's): the warm-up's length in steps."})
 
     # -- hardware
     mixed_precision: str = field(
@@ -303,6 +313,10 @@ class TrainingConfig:
         if not 0.0 <= self.ema_min_decay <= self.ema_decay:
             raise ConfigError(f"ema_min_decay={self.ema_min_decay} is not valid; expected a value in "
                               f"[0, ema_decay={self.ema_decay}].")
+        if self.ema_power is not None and not self.ema_power > 0:
+            raise ConfigError(f"ema_power={self.ema_power} is not valid; expected a positive number (or unset).")
+        if not self.ema_inv_gamma > 0:
+            raise ConfigError(f"ema_inv_gamma={self.ema_inv_gamma} is not valid; expected a positive number.")
         self._check_guidance_options()
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma} is not valid; expected a positive number (or unset).")

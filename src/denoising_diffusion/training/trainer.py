@@ -125,7 +125,9 @@ class Trainer:
         self.ema = None
         if config.use_ema:
             self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay, min_decay=config.ema_min_decay,
-                                foreach=True, model_cls=ContinuousUNet2DModel, model_config=self.unet.config)
+                                use_ema_warmup=config.ema_power is not None, inv_gamma=config.ema_inv_gamma,
+                                power=config.ema_power or 2 / 3, foreach=True,
+                                model_cls=ContinuousUNet2DModel, model_config=self.unet.config)
         optimizer = torch.optim.AdamW(
             self.unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
@@ -158,8 +160,8 @@ class Trainer:
             accelerator.register_for_checkpointing(self.ema)
 
     def _warn_if_ema_decay_is_not_reached(self) -> None:
-        if self.ema is None or not self.accelerator.is_main_process:
-            return
+        if self.ema is None or not self.accelerator.is_main_process or self.config.ema_power is not None:
+            return  # a power-function warm-up is meant to keep growing: its width is a fraction of the run
         config, last = self.config, self.ema.get_decay(self.max_train_steps)  # the decay of the last EMA update
         if last < config.ema_decay:
             logger.warning(
