@@ -15,7 +15,8 @@ step and is saved as a pipeline beside the trained one (`<name>-seed<seed>`), wi
 Every pipeline is then scored as `quality.py` scores the study's saved pipelines (`--samplers`, default
 `stored stored_class`: `pipe()` and `pipe(class_labels=...)` with their stored defaults, 10 network
 evaluations per image, on the report noise). Writes benchmarks/results/ema_lengths-<config>-<machine>.json
-and prints a table: mean over seeds, and each seed's value.
+and prints a table: mean over seeds, and each seed's value. `--reuse` scores the pipelines an earlier call
+saved (for other `--samplers`) without training again.
 """
 
 import argparse
@@ -79,6 +80,20 @@ def make_callback(gammas: list[float], out: Path, seed: int):
     return PowerEMAs()
 
 
+def reusable(folders: dict, config) -> bool:
+    """Whether an earlier call saved every pipeline of this seed, trained as `config` says."""
+    import yaml
+
+    saved = folders[DEFAULT] / "training_config.yaml"
+    if not saved.exists() or not (folders[DEFAULT] / "training_summary.json").exists():
+        return False
+    if not all((folder / "model_index.json").exists() for folder in folders.values()):
+        return False
+    trained = yaml.safe_load(saved.read_text())
+    keys = ("seed", "num_epochs", "max_train_steps", "dataset_name", "resolution", "train_batch_size", "unet")
+    return all(trained.get(key) == getattr(config, key) for key in keys)
+
+
 def train_seed(args, seed: int):
     from accelerate.state import AcceleratorState, GradientState
 
@@ -86,6 +101,8 @@ def train_seed(args, seed: int):
 
     out = Path(args.output_dir)
     folder = out / f"{DEFAULT}-seed{seed}"
+    names = [DEFAULT, *(f"gamma{g:g}" for g in args.gammas)]
+    folders = {name: out / f"{name}-seed{seed}" for name in names}
     config = parse_config(["--config", args.config,
                            *(["--num_epochs", str(args.num_epochs)] if args.num_epochs else []),
                            *(["--mixed_precision", args.mixed_precision] if args.mixed_precision else []),
@@ -93,6 +110,8 @@ def train_seed(args, seed: int):
                            "--checkpointing_steps", "100000", "--save_images_steps", "100000",
                            "--seed", str(seed), "--output_dir", str(folder), "--overwrite_output_dir", "true",
                            *(["--max_train_steps", str(args.max_train_steps)] if args.max_train_steps else [])])
+    if args.reuse and reusable(folders, config):
+        return config, folders, json.loads((folder / "training_summary.json").read_text())
     callback = make_callback(args.gammas, out, seed)
     train(config, callbacks=[callback])
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -115,6 +134,9 @@ def main():
     parser.add_argument("--samplers", nargs="+", default=["stored", "stored_class"])
     parser.add_argument("--output_dir", default="outputs/ema_lengths")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Stop each run early (a quick check).")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Score the pipelines an earlier call saved in --output_dir instead of training again "
+                             "(a seed is trained when any of its folders is missing).")
     parser.add_argument("--num_samples", type=int, default=None, help="Samples per score (default: the spec's).")
     args = parser.parse_args()
     bad = [g for g in args.gammas if g <= 0]

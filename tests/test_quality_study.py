@@ -238,6 +238,12 @@ def test_ema_lengths_saves_each_power_ema_as_the_trainer_option_would_train_it(t
     assert set(out["emas"]) == {"trainer", "gamma2"}
     assert out["emas"]["gamma2"]["sigma_rel"] == pytest.approx((3 / (16 * 5)) ** 0.5)
     assert "| gamma2 |" in result.stdout
+    saved = tmp_path / "runs" / "gamma2-seed5" / "unet" / "diffusion_pytorch_model.safetensors"
+    before = saved.stat().st_mtime_ns
+    again = subprocess.run([*result.args, "--reuse"], capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert saved.stat().st_mtime_ns == before  # scored again, not trained again
+    assert json.loads(next((tmp_path / "results").glob("ema_lengths-tiny-*.json")).read_text())["emas"] == out["emas"]
 
     option = train(parse_config(["--config", str(tmp_path / "tiny.yaml"), "--max_train_steps", "4", "--seed", "5",
                                  "--logger", "none", "--ema_power", "1", "--ema_inv_gamma", "3",

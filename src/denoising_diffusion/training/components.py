@@ -7,6 +7,7 @@ import logging
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.training_utils import EMAModel
 
 from ..hardware import cpu_has_native_bf16
 from ..models.unet_continuous import ContinuousUNet2DModel
@@ -16,6 +17,16 @@ from ..schedulers.scheduling_cosine_dpmsolver import CosineDPMSolverScheduler
 from .config import CLASS_PRIOR_FROM_DATA, ConfigError, TrainingConfig
 
 logger = logging.getLogger(__name__)
+
+
+def build_ema(config: TrainingConfig, unet: ContinuousUNet2DModel) -> EMAModel:
+    """diffusers' `EMAModel` of `unet`'s weights: decay up to `ema_decay`, never below `ema_min_decay`, warmed
+    up as (1 + s) / (10 + s) at step s (EMAModel's default) or, with `ema_power`, 1 - (1 + s / ema_inv_gamma) **
+    -ema_power."""
+    return EMAModel(unet.parameters(), decay=config.ema_decay, min_decay=config.ema_min_decay,
+                    use_ema_warmup=config.ema_power is not None, inv_gamma=config.ema_inv_gamma,
+                    power=config.ema_power or 2 / 3, foreach=True, model_cls=ContinuousUNet2DModel,
+                    model_config=unet.config)
 
 
 def build_unet(config: TrainingConfig) -> ContinuousUNet2DModel:

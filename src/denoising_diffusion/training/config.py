@@ -56,8 +56,7 @@ class TrainingConfig:
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     train_data_dir: Optional[str] = field(
-        default=None, metadata={"help": "A folder of images (imagefolder); used instead of dataset_name."}
-    )
+        default=None, metadata={"help": "A folder of images (imagefolder); used instead of dataset_name."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column: Optional[str] = field(
         default=None,
@@ -72,8 +71,7 @@ class TrainingConfig:
     )
     resolution: int = field(default=16, metadata={"help": "Images are resized (and cropped) to this square size."})
     center_crop: bool = field(
-        default=True, metadata={"help": "Center-crop after resizing (as the Keras DDIM example; images decoded once) or random crop."}
-    )
+        default=True, metadata={"help": "Center-crop after resizing (as the Keras DDIM example; images decoded once) or random crop."})
     random_flip: bool = field(default=False, metadata={"help": "Flip images horizontally at random."})
     channels: int = field(default=1, metadata={"help": "1 (grayscale) or 3 (RGB); images are converted."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N examples."})
@@ -83,14 +81,12 @@ class TrainingConfig:
         metadata={"help": "'dataset': standardise with per-channel mean/std (Keras DDIM example); 'minus_one_one': [-1, 1]."},
     )
     normalization_samples: int = field(
-        default=10000, metadata={"help": "How many images estimate the dataset statistics (streaming)."}
-    )
+        default=10000, metadata={"help": "How many images estimate the dataset statistics (streaming)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
 
     # -- model and objective
     unet: Union[dict, str, None] = field(
-        default=None, metadata={"help": "ContinuousUNet2DModel arguments as a mapping (YAML) or JSON string."}
-    )
+        default=None, metadata={"help": "ContinuousUNet2DModel arguments as a mapping (YAML) or JSON string."})
     schedule: str = field(default="cosine", metadata={"help": "'cosine' or 'linear'."})
     min_signal_rate: float = field(default=0.02, metadata={"help": "Signal rate at t=1."})
     max_signal_rate: float = field(default=0.95, metadata={"help": "Signal rate at t=0."})
@@ -98,16 +94,14 @@ class TrainingConfig:
     loss: str = field(default="mae", metadata={"help": "'mae' or 'mse'."})
     loss_on: str = field(default="noise", metadata={"help": "'noise', 'image' or 'velocity'."})
     snr_gamma: Optional[float] = field(
-        default=None, metadata={"help": "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; off by default."}
-    )
+        default=None, metadata={"help": "Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; off by default."})
     self_conditioning: bool = field(
         default=False,
         metadata={"help": "Self-conditioning (Chen et al. 2022): the UNet also takes its own previous clean-image "
                           "estimate (in training, in half of the batches, from an extra forward pass without gradient)."},
     )
     cond_drop_prob: float = field(
-        default=0.1, metadata={"help": "Class-conditional models: chance a label is replaced by 'no class' (CFG)."}
-    )
+        default=0.1, metadata={"help": "Class-conditional models: chance a label is replaced by 'no class' (CFG)."})
     class_balance: float = field(default=0.0, metadata={"help": (
         "Class-conditional models: draw training examples so that a class with n examples comes up in proportion "
         "to n ** (1 - class_balance): 0 keeps the data's frequencies, 1 trains on every class equally often.")})
@@ -146,8 +140,7 @@ class TrainingConfig:
                           "and the saved pipeline carry one more copy of the weights)."},
     )
     guide_fraction: float = field(
-        default=0.25, metadata={"help": "guide='ema_snapshot': when to take it, as a fraction of the run's steps."}
-    )
+        default=0.25, metadata={"help": "guide='ema_snapshot': when to take it, as a fraction of the run's steps."})
     sampling: Union[dict, str, None] = field(
         default=None,
         metadata={"help": "The saved pipeline's sampling defaults, as a mapping (YAML) or JSON string: scheduler "
@@ -186,16 +179,11 @@ class TrainingConfig:
         metadata={"help": "EMAModel's min_decay: the decay never drops below it. ema_min_decay = ema_decay gives a "
                           "constant decay from the first step, as the Keras DDIM example's EMA."},
     )
-    ema_power: Optional[float] = field(
-        default=None,
-        metadata={"help": "A power-function warm-up instead of EMAModel's (1 + s) / (10 + s): at step s the decay is "
-                          "1 - (1 + s / ema_inv_gamma) ** -ema_power, capped at ema_decay (diffusers' use_ema_warmup, "
-                          "as its train_unconditional.py's --ema_power). ema_power 1 with ema_inv_gamma = gamma + 1 "
-                          "averages a fixed fraction of the run whatever its length (the power-function EMA of "
-                          "Karras et al. 2024, EDM2): gamma 8 (ema_inv_gamma 9) is the default warm-up's width."},
-    )
-    ema_inv_gamma: float = field(
-        default=1.0, metadata={"help": "ema_power's inv_gamma (EMAModel's): the warm-up's length in steps."})
+    ema_power: Optional[float] = field(default=None, metadata={"help": (
+        "A power-function warm-up instead of EMAModel's (1 + s) / (10 + s): the decay at step s is 1 - (1 + s / "
+        "ema_inv_gamma) ** -ema_power, capped at ema_decay (diffusers' use_ema_warmup). Power 1 with ema_inv_gamma = "
+        "gamma + 1 is EDM2's power-function EMA, a fixed fraction of the run (gamma 8: the default warm-up's width).")})
+    ema_inv_gamma: float = field(default=1.0, metadata={"help": "ema_power's inv_gamma (in steps)."})
 
     # -- hardware
     mixed_precision: str = field(
@@ -214,8 +202,7 @@ class TrainingConfig:
         metadata={"help": "torch.compile the UNet (in place: weights and checkpoints keep their plain names)."},
     )
     compile_backend: str = field(
-        default="inductor", metadata={"help": "torch.compile backend (see torch.compiler.list_backends())."}
-    )
+        default="inductor", metadata={"help": "torch.compile backend (see torch.compiler.list_backends())."})
     compile_mode: Optional[str] = field(
         default=None,
         metadata={"help": "torch.compile mode: 'default', 'reduce-overhead', 'max-autotune' or "
@@ -258,11 +245,9 @@ class TrainingConfig:
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the repo private."})
     hub_license: str = field(default="apache-2.0", metadata={"help": "The license in the model card (a Hub license id)."})
     hub_token: Optional[str] = field(
-        default=None, metadata={"help": "Hub token (default: HF_TOKEN or the stored login); never written to disk."}
-    )
+        default=None, metadata={"help": "Hub token (default: HF_TOKEN or the stored login); never written to disk."})
     hub_push_checkpoints: bool = field(
-        default=False, metadata={"help": "Also push each checkpoint's pipeline, in the background."}
-    )
+        default=False, metadata={"help": "Also push each checkpoint's pipeline, in the background."})
 
     def __post_init__(self):
         if self.output_dir is None:
@@ -313,10 +298,6 @@ class TrainingConfig:
         if not 0.0 <= self.ema_min_decay <= self.ema_decay:
             raise ConfigError(f"ema_min_decay={self.ema_min_decay} is not valid; expected a value in "
                               f"[0, ema_decay={self.ema_decay}].")
-        if self.ema_power is not None and not self.ema_power > 0:
-            raise ConfigError(f"ema_power={self.ema_power} is not valid; expected a positive number (or unset).")
-        if not self.ema_inv_gamma > 0:
-            raise ConfigError(f"ema_inv_gamma={self.ema_inv_gamma} is not valid; expected a positive number.")
         self._check_guidance_options()
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma} is not valid; expected a positive number (or unset).")
@@ -392,8 +373,9 @@ class TrainingConfig:
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ConfigError(f"max_train_samples={self.max_train_samples} is not valid; expected an integer >= 1 "
                               "(or unset for every example).")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate={self.learning_rate} is not valid; expected a positive number.")
+        for name in ("learning_rate", "ema_inv_gamma", "ema_power"):  # ema_power may be unset
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} is not valid; expected a positive number.")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)} is not valid; expected a value in [0, 1).")

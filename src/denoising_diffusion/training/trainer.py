@@ -25,7 +25,6 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..hardware import describe_device
@@ -37,7 +36,7 @@ from ..schedulers.scheduling_cosine_ddim import CosineDDIMScheduler
 from .callbacks import Callback, HubPushes, KIDEvaluation, SampleGrids, Throughput
 from .checkpoints import (Checkpoints, check_checkpoint_fits, check_output_dir, checkpoint_step, remove_previous_run,
                           remove_unfinished_checkpoints, resume_target)
-from .components import (build_scheduler, build_unet, resolve_class_prior, resolve_mixed_precision,
+from .components import (build_ema, build_scheduler, build_unet, resolve_class_prior, resolve_mixed_precision,
                          sampling_components)
 from .config import ConfigError, TrainingConfig
 from .data import check_labels, class_names, number_of_classes, pixel_statistics, prepare_dataset
@@ -122,12 +121,7 @@ class Trainer:
     def _prepare_model_and_data(self) -> None:
         """EMA, AdamW, the data loader and the LR schedule, handed to Accelerate."""
         config, accelerator = self.config, self.accelerator
-        self.ema = None
-        if config.use_ema:
-            self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay, min_decay=config.ema_min_decay,
-                                use_ema_warmup=config.ema_power is not None, inv_gamma=config.ema_inv_gamma,
-                                power=config.ema_power or 2 / 3, foreach=True,
-                                model_cls=ContinuousUNet2DModel, model_config=self.unet.config)
+        self.ema = build_ema(config, self.unet) if config.use_ema else None
         optimizer = torch.optim.AdamW(
             self.unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
