@@ -39,23 +39,31 @@ def sigma_rel(gamma: float) -> float:
     return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
 
 
-def make_callback(gammas: list[float], out: Path, seed: int):
-    from diffusers.training_utils import EMAModel
+def ema_name(gamma: float) -> str:
+    return f"gamma{gamma:g}"
+
+
+def make_callback(gammas: list[float], folders: dict):
+    """A callback that carries a power-function EMA per gamma and saves each as a pipeline in `folders[name]`."""
+    import dataclasses
 
     from denoising_diffusion.training import Callback
+    from denoising_diffusion.training.components import build_ema
 
     class PowerEMAs(Callback):
         """Extra EMAs of the trained weights; each saved as its own pipeline when the run saves its own."""
 
         def __init__(self):
-            self.emas, self.guides, self.folders = {}, {}, {}
+            self.emas, self.guides = {}, {}
 
         def on_train_begin(self, trainer, step):
             if step != 0:
                 raise ValueError("ema_lengths.py trains from scratch; remove the output folder's checkpoints.")
             unet = trainer.accelerator.unwrap_model(trainer.unet)
-            self.emas = {f"gamma{g:g}": EMAModel(unet.parameters(), decay=0.99999, use_ema_warmup=True,
-                                                 inv_gamma=g + 1, power=1.0, foreach=True) for g in gammas}
+            self.emas = {  # what the trainer keeps with --ema_power 1 --ema_inv_gamma <gamma + 1>, uncapped
+                ema_name(g): build_ema(dataclasses.replace(trainer.config, ema_decay=0.99999, ema_min_decay=0.0,
+                                                           ema_power=1.0, ema_inv_gamma=g + 1), unet)
+                for g in gammas}
             for ema in self.emas.values():
                 ema.to(trainer.accelerator.device)
 
@@ -73,9 +81,7 @@ def make_callback(gammas: list[float], out: Path, seed: int):
                 if other.guide_unet is not None:
                     for param, value in zip(other.guide_unet.parameters(), self.guides[name]):
                         param.data.copy_(value)
-                folder = out / f"{name}-seed{seed}"
-                other.save_pretrained(folder)
-                self.folders[name] = folder
+                other.save_pretrained(folders[name])
 
     return PowerEMAs()
 
@@ -100,9 +106,8 @@ def train_seed(args, seed: int):
     from denoising_diffusion.training import parse_config, train
 
     out = Path(args.output_dir)
-    folder = out / f"{DEFAULT}-seed{seed}"
-    names = [DEFAULT, *(f"gamma{g:g}" for g in args.gammas)]
-    folders = {name: out / f"{name}-seed{seed}" for name in names}
+    folders = {name: out / f"{name}-seed{seed}" for name in (DEFAULT, *map(ema_name, args.gammas))}
+    folder = folders[DEFAULT]  # the trainer's own run
     config = parse_config(["--config", args.config,
                            *(["--num_epochs", str(args.num_epochs)] if args.num_epochs else []),
                            *(["--mixed_precision", args.mixed_precision] if args.mixed_precision else []),
@@ -112,12 +117,11 @@ def train_seed(args, seed: int):
                            *(["--max_train_steps", str(args.max_train_steps)] if args.max_train_steps else [])])
     if args.reuse and reusable(folders, config):
         return config, folders, json.loads((folder / "training_summary.json").read_text())
-    callback = make_callback(args.gammas, out, seed)
-    train(config, callbacks=[callback])
+    train(config, callbacks=[make_callback(args.gammas, folders)])
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     summary = json.loads((folder / "training_summary.json").read_text())
-    return config, {DEFAULT: folder, **callback.folders}, summary
+    return config, folders, summary
 
 
 def main():
