@@ -146,7 +146,8 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
                                                f"{distilled_steps or config.get('grid_inference_steps', 20)} DDIM "
                                                "steps, fixed noise",
         num_parameters=f"{summary.get('num_parameters', 0):,}" if summary else "unknown",
-        widths="/".join(map(str, unet["block_out_channels"])) + _patch_note(unet.get("patch_size", 1)),
+        widths="/".join(map(str, unet["block_out_channels"])) + _patch_note(unet.get("patch_size", 1))
+        + (" with 2 position channels (trained partly on crops, Patch Diffusion)" if unet.get("position_channels") else ""),
         layers_per_block=unet["layers_per_block"],
         resolution=config["resolution"], channels=config["channels"], schedule=schedule["schedule"],
         min_signal_rate=schedule["min_signal_rate"], max_signal_rate=schedule["max_signal_rate"],

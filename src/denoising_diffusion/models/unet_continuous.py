@@ -21,6 +21,12 @@ input convolution, and the output's channels become pixels again (`pixel_shuffle
 convolution. Every level then runs at 1/p the resolution, so for the same compute the levels can be
 much wider; `sample_size`, `in_channels` and `out_channels` still describe the images.
 
+With `position_channels=True` the network also reads where each pixel lies in the whole image: two more
+input channels hold its column and row, scaled so that a `sample_size` image spans [-1, 1] (Patch
+Diffusion, Wang et al. 2023). Training on random crops then tells the network which part of the image a
+crop is (`positions`, the crop's slice of the whole image's grid); sampling whole images uses the whole
+grid, which is what `positions=None` gives.
+
 This module travels with saved pipelines, so it imports only torch, diffusers and its sibling
 ``noise_schedule``.
 """
@@ -38,6 +44,18 @@ from ..schedulers.noise_schedule import check_times, signal_noise_rates, validat
 
 # `UNet2DModel` options about integer timesteps that this model fixes (its time input is continuous).
 _FIXED_PARENT_OPTIONS = ("freq_shift", "flip_sin_to_cos", "num_train_timesteps")
+
+
+def pixel_positions(sample_size: int | tuple[int, int] | None, height: int, width: int, device=None,
+                    dtype=torch.float32) -> torch.Tensor:
+    """The (2, height, width) positions of an image's pixels, column then row: pixel k of a side of
+    `sample_size` pixels sits at 2 k / (sample_size - 1) - 1, so a `sample_size` image spans [-1, 1]."""
+    if sample_size is None:  # a model without a nominal size: the sample itself is the whole image
+        sample_size = (height, width)
+    rows_size, cols_size = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+    cols = torch.arange(width, device=device, dtype=torch.float32) * (2.0 / max(cols_size - 1, 1)) - 1.0
+    rows = torch.arange(height, device=device, dtype=torch.float32) * (2.0 / max(rows_size - 1, 1)) - 1.0
+    return torch.stack([cols[None, :].expand(height, width), rows[:, None].expand(height, width)]).to(dtype)
 
 
 class SinusoidalNoiseVarianceEmbedding(nn.Module):
@@ -114,6 +132,7 @@ class ContinuousUNet2DModel(UNet2DModel):
         embedding_max_frequency: float = 1000.0,
         self_conditioning: bool = False,
         patch_size: int = 1,
+        position_channels: bool = False,
     ):
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
         if time_embedding_type != "positional":
@@ -151,9 +170,8 @@ class ContinuousUNet2DModel(UNet2DModel):
             block_out_channels[0], schedule, min_signal_rate, max_signal_rate,
             embedding_min_frequency, embedding_max_frequency,
         )
-        # The input convolution reads every pixel of a patch (and, with self-conditioning, the previous
-        # clean-image estimate too); the output convolution writes every pixel of a patch.
-        inputs = (2 if self_conditioning else 1) * in_channels * patch_size**2
+        # conv_in reads every pixel of a patch (and the previous estimate, the positions); conv_out writes them.
+        inputs = ((2 if self_conditioning else 1) * in_channels + (2 if position_channels else 0)) * patch_size**2
         if inputs != in_channels:
             self.conv_in = nn.Conv2d(inputs, block_out_channels[0], kernel_size=3, padding=(1, 1))
         if patch_size > 1:
@@ -167,6 +185,10 @@ class ContinuousUNet2DModel(UNet2DModel):
         the patch size times 2 per downsampling level."""
         return self.config.patch_size * 2 ** (len(self.config.block_out_channels) - 1)
 
+    def position_grid(self, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        """The (2, height, width) grid of pixel positions that a whole image gets (see `pixel_positions`)."""
+        return pixel_positions(self.config.sample_size, height, width, device, dtype)
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -174,11 +196,16 @@ class ContinuousUNet2DModel(UNet2DModel):
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
         self_condition: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> UNet2DOutput | tuple:
         """Predict from a noisy `sample` (B, C, H, W) at continuous time `timestep` in [0, 1].
 
         `self_condition` (B, C, H, W): for a model with `self_conditioning`, its previous estimate of the
         clean image in model space (None: zeros, as for the first sampling step); refused otherwise.
+
+        `positions` (B, 2, H, W): for a model with `position_channels`, where each pixel of `sample` lies in
+        the whole image (column, row; see `position_grid`), e.g. a training crop's slice of the whole
+        grid; None gives every sample the whole image's grid. Refused for a model without them.
 
         `timestep` is a float, a 0-d floating-point tensor or one of shape (B,), with values in [0, 1];
         integer timesteps (diffusers' discrete schedulers) are rejected with an error, as are values
@@ -200,6 +227,16 @@ class ContinuousUNet2DModel(UNet2DModel):
             sample = torch.cat([sample, condition], dim=1)
         elif self_condition is not None:
             raise ValueError("self_condition was given, but this model was not trained with self_conditioning.")
+        if self.config.position_channels:
+            batch, height, width = sample.shape[0], sample.shape[-2], sample.shape[-1]
+            if positions is None:
+                positions = self.position_grid(height, width, sample.device, sample.dtype).expand(batch, 2, height, width)
+            elif positions.shape != (batch, 2, height, width):
+                raise ValueError(f"positions must have shape {(batch, 2, height, width)} (column and row of every "
+                                 f"pixel), got {tuple(positions.shape)}.")
+            sample = torch.cat([sample, positions.to(device=sample.device, dtype=sample.dtype)], dim=1)
+        elif positions is not None:
+            raise ValueError("positions was given, but this model has no position_channels.")
         t, patch = t.to(torch.float32), self.config.patch_size
         if patch == 1:
             return super().forward(sample, t, class_labels=class_labels, return_dict=return_dict)

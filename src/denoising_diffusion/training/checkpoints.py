@@ -89,7 +89,7 @@ def check_checkpoint_fits(path: Path, unet_config) -> None:
         return  # written before checkpoints recorded their model: Accelerate's loading checks the shapes
     saved = json.loads(spec_file.read_text())["unet"]
     keys = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "in_channels",
-            "out_channels", "sample_size", "num_class_embeds", "norm_num_groups", "patch_size")
+            "out_channels", "sample_size", "num_class_embeds", "norm_num_groups", "patch_size", "position_channels")
     differ = [k for k in keys if k in saved and _plain(saved[k]) != _plain(unet_config.get(k))]
     if differ:
         raise ConfigError(f"{path} is a checkpoint of another model: " + ", ".join(

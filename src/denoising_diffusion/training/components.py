@@ -31,18 +31,24 @@ def build_ema(config: TrainingConfig, unet: ContinuousUNet2DModel) -> EMAModel:
 
 def build_unet(config: TrainingConfig) -> ContinuousUNet2DModel:
     """A freshly initialised `ContinuousUNet2DModel` for the config's data, schedule and `unet` section."""
-    known = (set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}) | {"patch_size"}
+    known = (set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}) | {"patch_size", "position_channels"}
     unknown = sorted(set(config.unet) - known)
     if unknown:
         close = {key: difflib.get_close_matches(key, sorted(known), n=1) for key in unknown}
         hints = ", ".join(f"{key!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for key, m in close.items())
         raise ConfigError(f"Unknown key(s) in the unet section: {hints}; it takes UNet2DModel's arguments "
-                          "and patch_size.")
+                          "patch_size and position_channels.")
+    section = dict(config.unet)
+    if config.patch_fraction > 0:
+        if section.get("position_channels") is False:
+            raise ConfigError(f"patch_fraction={config.patch_fraction} trains on crops, which needs the UNet to know "
+                              "where a crop lies: remove position_channels: false from the unet section.")
+        section["position_channels"] = True
     try:
         unet = ContinuousUNet2DModel(
             sample_size=config.resolution, in_channels=config.channels, out_channels=config.channels,
             schedule=config.schedule, min_signal_rate=config.min_signal_rate, max_signal_rate=config.max_signal_rate,
-            self_conditioning=config.self_conditioning, **config.unet,
+            self_conditioning=config.self_conditioning, **section,
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"The unet section {config.unet} does not make a UNet: {error}") from error
@@ -52,7 +58,21 @@ def build_unet(config: TrainingConfig) -> ContinuousUNet2DModel:
             f"factor (patch_size={unet.config.patch_size}, {len(config.unet['block_out_channels'])} levels); use a "
             f"multiple of {unet.downsample_factor}."
         )
+    if config.patch_fraction > 0:
+        check_crop_size(config, unet.downsample_factor)
     return unet
+
+
+def check_crop_size(config: TrainingConfig, downsample_factor: int) -> None:
+    """`patch_crop_size` (unset: half the resolution) below the resolution and a multiple of the UNet's
+    `downsample_factor`."""
+    size = config.resolution // 2 if config.patch_crop_size is None else config.patch_crop_size
+    if not 1 <= size < config.resolution:
+        raise ConfigError(f"patch_crop_size={size} is not valid; expected a crop side in [1, resolution="
+                          f"{config.resolution}).")
+    if size % downsample_factor:
+        raise ConfigError(f"patch_crop_size={size} is not divisible by {downsample_factor}, the UNet's downsampling "
+                          f"factor; use a multiple of {downsample_factor}.")
 
 
 def build_scheduler(config: TrainingConfig) -> CosineDDIMScheduler:

@@ -49,10 +49,8 @@ class TrainingConfig:
     """Everything `train_ddim.py` reads. Every field can be set in the YAML file or as `--name value`."""
 
     # -- data
-    dataset_name: Optional[str] = field(
-        default=BUILTIN_DATASET,
-        metadata={"help": "Hub dataset id, local dataset folder/file, or 'digits' (scikit-learn's 8x8 digits, built in)."},
-    )
+    dataset_name: Optional[str] = field(default=BUILTIN_DATASET, metadata={
+        "help": "Hub dataset id, local dataset folder/file, or 'digits' (scikit-learn's 8x8 digits, built in)."})
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     train_data_dir: Optional[str] = field(
@@ -100,6 +98,10 @@ class TrainingConfig:
         metadata={"help": "Self-conditioning (Chen et al. 2022): the UNet also takes its own previous clean-image "
                           "estimate (in training, in half of the batches, from an extra forward pass without gradient)."},
     )
+    patch_fraction: float = field(default=0.0, metadata={"help": "Patch Diffusion (Wang et al. 2023): the fraction "
+        "of batches, in [0, 1), that train on random crops of every image (the UNet gets position_channels)."})
+    patch_crop_size: Optional[int] = field(default=None, metadata={"help": "patch_fraction > 0: the crops' side, "
+        "below resolution and a multiple of the UNet's downsampling factor (default: resolution // 2)."})
     cond_drop_prob: float = field(
         default=0.1, metadata={"help": "Class-conditional models: chance a label is replaced by 'no class' (CFG)."})
     class_balance: float = field(default=0.0, metadata={"help": (
@@ -288,6 +290,8 @@ class TrainingConfig:
             raise ConfigError(f"max_train_steps={self.max_train_steps} is not valid; expected an integer >= 1.")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ConfigError(f"cond_drop_prob={self.cond_drop_prob} is not valid; expected a value in [0, 1).")
+        if not 0.0 <= self.patch_fraction < 1.0:  # the crop size is checked with the UNet (components.build_unet)
+            raise ConfigError(f"patch_fraction={self.patch_fraction} is not valid; expected a value in [0, 1).")
         if not 0.0 <= self.class_balance <= 1.0:
             raise ConfigError(f"class_balance={self.class_balance} is not valid; expected a value in [0, 1].")
         if self.class_balance and (self.label_column is None or self.streaming):

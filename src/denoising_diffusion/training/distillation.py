@@ -110,6 +110,9 @@ def check_teacher(teacher, config: TrainingConfig) -> None:
     if unet.get("self_conditioning", False):
         raise ConfigError(f"The teacher {config.teacher!r} is self-conditioned (self_conditioning); progressive "
                           "distillation takes teachers without it.")
+    if config.patch_fraction:
+        raise ConfigError(f"patch_fraction={config.patch_fraction}: progressive distillation trains on whole images; "
+                          "set patch_fraction: 0.")
 
 
 class DistillationObjective:

@@ -81,8 +81,8 @@ class Trainer:
         if unet is None and config.label_column is not None and config.unet.get("num_class_embeds") is None:
             config.unet["num_class_embeds"] = number_of_classes(config, self.images) + 1  # the last one means "no class"
         set_seed(config.seed)
+        self.unet = unet if unet is not None else build_unet(config)  # checks the UNet-dependent options first
         self.objective = (objective or DiffusionObjective.from_config(config)).to(accelerator.device)
-        self.unet = unet if unet is not None else build_unet(config)
         self.noise_scheduler = noise_scheduler if noise_scheduler is not None else build_scheduler(config)
         self.image_mean, self.image_std = image_stats or self._image_statistics()
         num_class_embeds = self.unet.config.num_class_embeds  # its last embedding means "no class"
