@@ -92,7 +92,7 @@ def test_patch_training_saves_a_model_that_samples_whole_images_and_resumes_exac
     assert pipe.unet.config.position_channels and pipe.unet.conv_in.in_channels == 3
     pipe.set_progress_bar_config(disable=True)
     assert pipe(batch_size=2, num_inference_steps=2, output_type="pt").images.shape == (2, 1, 8, 8)
-    assert "with 2 position channels" in (straight / "README.md").read_text()
+    assert "with 2 position channels, 0.5 of the batches on crops (Patch Diffusion)" in (straight / "README.md").read_text()
     with pytest.raises(KeyboardInterrupt):
         train(config("resumed"), callbacks=[KillAfterCheckpoint(3)])
     resumed = train(config("resumed", "--resume_from_checkpoint", "latest"))
@@ -104,6 +104,9 @@ def test_patch_training_saves_a_model_that_samples_whole_images_and_resumes_exac
         train(plain("--checkpointing_steps", "1"), callbacks=[KillAfterCheckpoint(1)])
     with pytest.raises(ConfigError, match="position_channels=False there, True in this config"):
         train(plain("--patch_fraction", "0.5", "--resume_from_checkpoint", "latest"))
+    with pytest.raises(ConfigError, match="progressive distillation trains on whole images"):
+        train(parse_config(TINY + ["--output_dir", str(tmp_path / "student"), "--teacher", str(straight),
+                                   "--distill_steps", "2", "--max_train_steps", "1", "--patch_fraction", "0.5"]))
 
 
 def test_bad_patch_settings_raise_clear_errors(tmp_path):

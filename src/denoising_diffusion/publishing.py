@@ -147,7 +147,8 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
                                                "steps, fixed noise",
         num_parameters=f"{summary.get('num_parameters', 0):,}" if summary else "unknown",
         widths="/".join(map(str, unet["block_out_channels"])) + _patch_note(unet.get("patch_size", 1))
-        + (" with 2 position channels (trained partly on crops, Patch Diffusion)" if unet.get("position_channels") else ""),
+        + (" with 2 position channels" if unet.get("position_channels") else "")
+        + (f", {config['patch_fraction']:g} of the batches on crops (Patch Diffusion)" if config.get("patch_fraction") else ""),
         layers_per_block=unet["layers_per_block"],
         resolution=config["resolution"], channels=config["channels"], schedule=schedule["schedule"],
         min_signal_rate=schedule["min_signal_rate"], max_signal_rate=schedule["max_signal_rate"],
