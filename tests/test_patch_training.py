@@ -1,17 +1,14 @@
 """Patch Diffusion (Wang et al. 2023): position channels in the UNet and training on random crops."""
 
-import json
-
 import pytest
 import torch
 
 from conftest import tiny_unet
-from denoising_diffusion import CosineDDIMPipeline, CosineDDIMScheduler
+from denoising_diffusion import CosineDDIMPipeline
 from denoising_diffusion.models.unet_continuous import pixel_positions
 from denoising_diffusion.training import ConfigError, parse_config, train
 from denoising_diffusion.training.callbacks import Callback
 from denoising_diffusion.training.objectives import RandomCrops
-from test_pipeline import _sample_in_subprocess
 from test_training import TINY, KillAfterCheckpoint, assert_same_weights, unet_weights
 
 
@@ -121,19 +118,3 @@ def test_bad_patch_settings_raise_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="remove position_channels: false from the unet section"):
         train(config("--patch_fraction", "0.5", "--unet", unet))
 
-
-def test_a_pipeline_with_position_channels_round_trips_with_and_without_the_package(tmp_path):
-    pipe = CosineDDIMPipeline(tiny_unet(channels=3, size=8, position_channels=True), CosineDDIMScheduler())
-    pipe.set_progress_bar_config(disable=True)
-    reference = pipe(batch_size=2, generator=torch.Generator().manual_seed(7), num_inference_steps=5,
-                     output_type="pt").images
-    pipe.save_pretrained(tmp_path / "model")
-    assert json.loads((tmp_path / "model/unet/config.json").read_text())["position_channels"] is True
-    loaded = CosineDDIMPipeline.from_pretrained(tmp_path / "model")
-    loaded.set_progress_bar_config(disable=True)
-    torch.testing.assert_close(loaded(batch_size=2, generator=torch.Generator().manual_seed(7),
-                                      num_inference_steps=5, output_type="pt").images, reference)
-    result = _sample_in_subprocess(tmp_path, tmp_path / "model", "trust_remote_code=True", block_package=True,
-                                   env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
-    assert result["unet"].startswith("diffusers_modules")
-    torch.testing.assert_close(result["images"], reference)

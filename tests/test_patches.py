@@ -1,4 +1,5 @@
-"""`patch_size`: the UNet works on p x p pixel patches (pixel_unshuffle in, pixel_shuffle out)."""
+"""`patch_size`: the UNet works on p x p pixel patches (pixel_unshuffle in, pixel_shuffle out); saved folders of
+patched UNets and of UNets with position channels sample alike with and without the package."""
 
 import json
 from pathlib import Path
@@ -56,17 +57,18 @@ def test_bad_patch_sizes_and_samples_raise_clear_errors():
         tiny_unet(patch_size=2)(torch.randn(1, 1, 6, 7), 0.5)
 
 
-def test_a_patched_pipeline_round_trips_with_and_without_the_package(tmp_path):
-    pipe = CosineDDIMPipeline(tiny_unet(channels=3, size=8, patch_size=2), CosineDDIMScheduler())
+@pytest.mark.parametrize("option, value", [("patch_size", 2), ("position_channels", True)])
+def test_a_patched_pipeline_round_trips_with_and_without_the_package(tmp_path, option, value):
+    pipe = CosineDDIMPipeline(tiny_unet(channels=3, size=8, **{option: value}), CosineDDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
     reference = pipe(batch_size=2, generator=torch.Generator().manual_seed(7), num_inference_steps=5,
                      output_type="pt").images
     assert reference.shape == (2, 3, 8, 8)
     pipe.save_pretrained(tmp_path / "model")
-    assert json.loads((tmp_path / "model/unet/config.json").read_text())["patch_size"] == 2
+    assert json.loads((tmp_path / "model/unet/config.json").read_text())[option] == value
     loaded = CosineDDIMPipeline.from_pretrained(tmp_path / "model")
     loaded.set_progress_bar_config(disable=True)
-    assert loaded.unet.config.patch_size == 2
+    assert loaded.unet.config[option] == value
     torch.testing.assert_close(loaded(batch_size=2, generator=torch.Generator().manual_seed(7),
                                       num_inference_steps=5, output_type="pt").images, reference)
     result = _sample_in_subprocess(tmp_path, tmp_path / "model", "trust_remote_code=True", block_package=True,
